@@ -1,0 +1,169 @@
+//! The failover loop every call goes through: try the current node, move
+//! on to the next on a transport failure or `UNAVAILABLE`, pause between
+//! rounds, and stop at a deadline.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::time::Instant;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use fuddle_proto::registry::registry_client::RegistryClient;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::client::Client;
+use crate::error::{Error, is_transport_status, transport_reason};
+use crate::nodes::{Node, humanize};
+
+/// The largest message the client accepts. A snapshot or a list carries
+/// every matching member in one message, which outgrows gRPC's default of
+/// 4 MiB in a large registry.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Whether a request may be sent again after a failure that leaves open
+/// whether it took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Repeating is harmless: reads, idempotent writes, and session writes
+    /// (the node applies a `(client_id, seq)` once).
+    Always,
+    /// Repeat only when the request surely did not take effect: it could
+    /// not be sent, or a node refused it with `UNAVAILABLE`.
+    IfNotApplied,
+}
+
+/// How one attempt failed.
+enum Failure {
+    /// The request was not sent: no connection could be made.
+    NotSent(Error),
+    /// A node refused the request with `UNAVAILABLE` (no leader, shutting
+    /// down); it did not apply it.
+    Refused(Error),
+    /// The request may or may not have been processed: the connection
+    /// broke or the answer did not come in time.
+    Unknown(Error),
+    /// A definitive answer; trying elsewhere would not change it.
+    Final(Error),
+}
+
+impl Client {
+    /// Runs `attempt` against the current node and fails over to the others
+    /// as `retry` allows. Returns the answer and the index of the node that
+    /// gave it.
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        retry: Retry,
+        mut attempt: F,
+    ) -> Result<(T, usize), Error>
+    where
+        F: FnMut(RegistryClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let nodes = self.nodes();
+        let options = self.options();
+        let started = Instant::now();
+        let mut backoff = ExponentialBuilder::new()
+            .with_min_delay(options.min_backoff)
+            .with_max_delay(options.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .with_total_delay(Some(options.retry_deadline))
+            .build();
+        let (mut tried, mut unreachable, mut unreachable_rounds) = (0, 0, 0);
+        loop {
+            let index = nodes.current();
+            let node = nodes.get(index);
+            let failure = match node.channel(options.connect_timeout).await {
+                Err(err) => Failure::NotSent(err),
+                Ok(channel) => {
+                    let client =
+                        RegistryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+                    match tokio::time::timeout(options.request_timeout, attempt(client)).await {
+                        Ok(Ok(answer)) => {
+                            nodes.settle(index);
+                            return Ok((answer, index));
+                        }
+                        Ok(Err(status)) => classify(node, status),
+                        Err(_) => Failure::Unknown(Error::Timeout(format!(
+                            "no answer from {} within {}",
+                            node.addr,
+                            humanize(options.request_timeout)
+                        ))),
+                    }
+                }
+            };
+            let (err, again) = match failure {
+                Failure::NotSent(err) => {
+                    unreachable += 1;
+                    (err, true)
+                }
+                Failure::Refused(err) => (err, true),
+                Failure::Unknown(err) => (err, retry == Retry::Always),
+                Failure::Final(err) => (err, false),
+            };
+            if !again || started.elapsed() >= options.retry_deadline {
+                return Err(err);
+            }
+            tracing::debug!(addr = %node.addr, error = %err, "call failed; trying the next node");
+            nodes.advance_from(index);
+            tried += 1;
+            if tried < nodes.len() {
+                continue;
+            }
+            // A whole round failed: give up if no node even accepted a
+            // connection for several rounds, else pause and go again.
+            if unreachable == tried {
+                unreachable_rounds += 1;
+                if unreachable_rounds >= options.unreachable_rounds {
+                    return Err(err);
+                }
+            } else {
+                unreachable_rounds = 0;
+            }
+            (tried, unreachable) = (0, 0);
+            match backoff.next() {
+                Some(pause) => {
+                    let left = options.retry_deadline.saturating_sub(started.elapsed());
+                    tokio::time::sleep(pause.min(left)).await;
+                }
+                None => return Err(err),
+            }
+        }
+    }
+}
+
+/// Sorts a failed attempt's status into what may be done about it.
+fn classify(node: &Node, status: Status) -> Failure {
+    if is_transport_status(&status) {
+        // The connection is suspect; the next use of this node connects
+        // afresh.
+        node.forget();
+        let reason =
+            StdError::source(&status).map_or_else(|| status.message().to_owned(), transport_reason);
+        let err = Error::Unreachable {
+            addr: node.addr.clone(),
+            reason,
+        };
+        return if chain_has::<tonic::ConnectError>(&status) {
+            Failure::NotSent(err)
+        } else {
+            Failure::Unknown(err)
+        };
+    }
+    match status.code() {
+        Code::Unavailable => Failure::Refused(Error::from(status)),
+        _ => Failure::Final(Error::from(status)),
+    }
+}
+
+/// Whether an error of type `E` is anywhere in `err`'s source chain.
+fn chain_has<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}

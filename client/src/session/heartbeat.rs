@@ -1,0 +1,122 @@
+//! The background task that keeps a session alive: heartbeats, reconnects
+//! and, after an expiry, re-registration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use fuddle_proto::registry as proto;
+use futures::StreamExt;
+use proto::{session_request, session_response};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::Shared;
+use super::open::{SessionStream, open_stream};
+use crate::client::Client;
+use crate::nodes::humanize;
+use crate::task::AbortOnDrop;
+
+/// Heartbeats over `stream` until it breaks, then reopens the session
+/// elsewhere, for as long as the session lives (the task is aborted when
+/// the `Session` is dropped or closed).
+pub(crate) async fn run(client: Client, shared: Arc<Shared>, mut stream: SessionStream) {
+    // Held so that a re-registration in progress stops with this task.
+    let mut _reregistering: Option<AbortOnDrop> = None;
+    loop {
+        let reason = keep_alive(&mut stream, shared.heartbeat_interval()).await;
+        let addr = client.nodes().get(stream.node).addr.clone();
+        tracing::warn!(client_id = %shared.client_id(), %addr, %reason, "session stream lost; reconnecting");
+        // The node may be going away: start over on a fresh connection to
+        // the next one.
+        client.nodes().get(stream.node).forget();
+        client.nodes().advance_from(stream.node);
+        let (new_stream, opened) = reopen(&client, &shared).await;
+        stream = new_stream;
+        let resumed = opened.resumed;
+        shared.opened(&opened);
+        let addr = &client.nodes().get(stream.node).addr;
+        if resumed {
+            tracing::info!(client_id = %shared.client_id(), %addr, "session resumed");
+        } else {
+            // The session had expired and its members are gone: restore
+            // them, alongside the heartbeats so the new session stays up
+            // however long that takes.
+            tracing::warn!(client_id = %shared.client_id(), %addr, "session had expired; registering its members again");
+            _reregistering = Some(AbortOnDrop::spawn(reregister(
+                client.clone(),
+                shared.clone(),
+            )));
+        }
+    }
+}
+
+/// Sends a heartbeat every `interval` and reads the acks; returns why the
+/// stream is no longer usable.
+async fn keep_alive(stream: &mut SessionStream, interval: Duration) -> String {
+    // Two intervals without any ack means heartbeats are not getting
+    // through, while there is still a third of the timeout left to
+    // reconnect before the node marks the session down.
+    let ack_deadline = interval * 2;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_ack = Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                if last_ack.elapsed() > ack_deadline {
+                    return format!("no heartbeat acknowledged for {}", humanize(ack_deadline));
+                }
+                let heartbeat = proto::SessionRequest {
+                    kind: Some(session_request::Kind::Heartbeat(proto::Heartbeat {})),
+                };
+                if stream.requests.send(heartbeat).await.is_err() {
+                    return "the request stream closed".into();
+                }
+            }
+            message = stream.responses.next() => match message {
+                Some(Ok(proto::SessionResponse { kind: Some(session_response::Kind::Ack(_)) })) => {
+                    last_ack = Instant::now();
+                }
+                Some(Ok(other)) => tracing::debug!(?other, "unexpected message on the session stream"),
+                Some(Err(status)) => return crate::Error::from(status).to_string(),
+                None => return "the node ended the stream".into(),
+            },
+        }
+    }
+}
+
+/// Opens the session again under its id, retrying with growing pauses
+/// until a node answers.
+async fn reopen(client: &Client, shared: &Shared) -> (SessionStream, proto::SessionOpened) {
+    let options = client.options();
+    let mut pauses = ExponentialBuilder::new()
+        .with_min_delay(options.min_backoff)
+        .with_max_delay(options.max_backoff)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match open_stream(client, &shared.client_id(), &shared.requested).await {
+            Ok(opened) => return opened,
+            Err(err) => {
+                tracing::warn!(client_id = %shared.client_id(), error = %err, "cannot reopen the session yet");
+                tokio::time::sleep(pauses.next().unwrap_or(options.max_backoff)).await;
+            }
+        }
+    }
+}
+
+/// Registers again every member the session had registered, as last set.
+async fn reregister(client: Client, shared: Arc<Shared>) {
+    for id in shared.registered_ids() {
+        // Read the spec afresh: the application may have changed or removed
+        // the member since the re-registration started.
+        let Some(spec) = shared.spec(&id) else {
+            continue;
+        };
+        match shared.register(&client, &spec).await {
+            Ok(_) => tracing::info!(%id, "member registered again"),
+            Err(err) => tracing::warn!(%id, error = %err, "cannot register member again"),
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! A Fuddle registry node: configuration, Raft over tonic, the public and
+//! internal gRPC services, sessions and subscriptions.
+//!
+//! [`Node::start`] is the one entry point; `main.rs` only turns the command
+//! line into a [`Config`].
+
+pub mod config;
+pub mod convert;
+pub mod core;
+pub mod error;
+pub mod network;
+pub mod proposer;
+pub mod raft_service;
+pub mod registry_service;
+pub mod server;
+pub mod sessions;
+pub mod status;
+pub mod subscribe;
+
+pub use config::Config;
+pub use error::NodeError;
+pub use server::{Node, StartError};

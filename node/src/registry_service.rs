@@ -1,0 +1,432 @@
+//! The public Registry service.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuddle_proto::registry as pb;
+use fuddle_proto::registry::registry_server::Registry as RegistryRpc;
+use fuddle_storage::{Command, Origin, Outcome};
+use futures::Stream;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert::{filter_from_pb, member_to_pb, spec_from_pb};
+use crate::core::Core;
+use crate::error::NodeError;
+use crate::subscribe::{self, Subscription};
+
+/// Shortest progress interval a subscriber may ask for.
+const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Serves the public API from a node's core.
+pub struct RegistryService {
+    /// The node.
+    core: Arc<Core>,
+}
+
+impl RegistryService {
+    /// A service for `core`.
+    pub fn new(core: Arc<Core>) -> RegistryService {
+        RegistryService { core }
+    }
+}
+
+fn origin_from_pb(origin: Option<pb::WriteOrigin>, core: &Core) -> Result<Origin, NodeError> {
+    let origin = origin.unwrap_or_default();
+    if !origin.client_id.is_empty() {
+        core.config
+            .limits
+            .check_client_id("origin.client_id", &origin.client_id)?;
+    }
+    Ok(Origin {
+        client_id: origin.client_id,
+        seq: origin.seq,
+        ack_below: origin.ack_below,
+    })
+}
+
+fn write_response(outcome: Outcome, index: u64) -> pb::WriteResponse {
+    pb::WriteResponse {
+        index,
+        member: match outcome {
+            Outcome::Member(m) => Some(member_to_pb(&m)),
+            _ => None,
+        },
+    }
+}
+
+/// A session timeout from a request: 0 means the default; anything else
+/// must lie within the node's bounds.
+fn timeout_ms(
+    field: &str,
+    asked: u64,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<u64, NodeError> {
+    if asked == 0 {
+        return Ok(default.as_millis() as u64);
+    }
+    let asked_d = Duration::from_millis(asked);
+    if asked_d < min || asked_d > max {
+        return Err(NodeError::BadRequest(format!(
+            "{field}: {} is outside the node's bounds of {} to {}",
+            humantime::format_duration(asked_d),
+            humantime::format_duration(min),
+            humantime::format_duration(max),
+        )));
+    }
+    Ok(asked)
+}
+
+fn new_client_id() -> String {
+    let n: u64 = rand::thread_rng().r#gen();
+    format!("c-{n:016x}")
+}
+
+impl RegistryService {
+    async fn write(&self, command: Command) -> Result<pb::WriteResponse, NodeError> {
+        let (result, index) = self.core.propose(command).await?;
+        Ok(write_response(result?, index))
+    }
+
+    async fn open_session(&self, open: pb::OpenSession) -> Result<pb::SessionOpened, NodeError> {
+        let s = &self.core.config.sessions;
+        let heartbeat_timeout_ms = timeout_ms(
+            "open.heartbeat_timeout_ms",
+            open.heartbeat_timeout_ms,
+            s.default_heartbeat_timeout,
+            s.min_heartbeat_timeout,
+            s.max_heartbeat_timeout,
+        )?;
+        let reconnect_timeout_ms = timeout_ms(
+            "open.reconnect_timeout_ms",
+            open.reconnect_timeout_ms,
+            s.default_reconnect_timeout,
+            s.min_reconnect_timeout,
+            s.max_reconnect_timeout,
+        )?;
+        let client_id = if open.client_id.is_empty() {
+            new_client_id()
+        } else {
+            self.core
+                .config
+                .limits
+                .check_client_id("open.client_id", &open.client_id)?;
+            open.client_id
+        };
+        // Count the open as a heartbeat before proposing, so a resumed down
+        // session is not expired while the open is in flight.
+        self.core.heartbeats.record([client_id.as_str()]);
+        let (result, index) = self
+            .core
+            .propose(Command::OpenSession {
+                client_id: client_id.clone(),
+                heartbeat_timeout_ms,
+                reconnect_timeout_ms,
+            })
+            .await?;
+        match result? {
+            Outcome::Session {
+                client_id,
+                resumed,
+                heartbeat_timeout_ms,
+                reconnect_timeout_ms,
+            } => Ok(pb::SessionOpened {
+                client_id,
+                heartbeat_timeout_ms,
+                reconnect_timeout_ms,
+                resumed,
+                index,
+            }),
+            other => Err(NodeError::Internal(format!(
+                "open session answered {other:?}"
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RegistryRpc for RegistryService {
+    type SessionStream = BoxStream<pb::SessionResponse>;
+    type SubscribeStream = BoxStream<pb::SubscribeResponse>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        use pb::session_request::Kind as In;
+        use pb::session_response::Kind as Out;
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("session stream ended before its open message")
+        })?;
+        let Some(In::Open(open)) = first.kind else {
+            return Err(Status::invalid_argument(
+                "the first message of a session stream must be `open`",
+            ));
+        };
+        let opened = self.open_session(open).await?;
+        let client_id = opened.client_id.clone();
+        let (tx, rx) = mpsc::channel(16);
+        let _ = tx
+            .send(Ok(pb::SessionResponse {
+                kind: Some(Out::Opened(opened)),
+            }))
+            .await;
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = core.shutdown.cancelled() => {
+                        let _ = tx.send(Err(NodeError::ShuttingDown.into())).await;
+                        return;
+                    }
+                };
+                match message {
+                    Ok(Some(pb::SessionRequest {
+                        kind: Some(In::Heartbeat(_)),
+                    })) => {
+                        let exists = core.registry.read().state.sessions.contains_key(&client_id);
+                        if !exists {
+                            let _ = tx
+                                .send(Err(Status::not_found(format!(
+                                    "session {client_id:?} has expired; open a new session"
+                                ))))
+                                .await;
+                            return;
+                        }
+                        core.heartbeats.record([client_id.as_str()]);
+                        let ack = pb::SessionResponse {
+                            kind: Some(Out::Ack(pb::HeartbeatAck {})),
+                        };
+                        if tx.send(Ok(ack)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(
+                                "after `open`, a session stream carries only heartbeats",
+                            )))
+                            .await;
+                        return;
+                    }
+                    // The client went away; the session lives on until its
+                    // heartbeat timeout, so it can resume on another stream.
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let request = request.into_inner();
+        let origin = origin_from_pb(request.origin, &self.core)?;
+        if origin.client_id.is_empty() {
+            return Err(NodeError::BadRequest(
+                "origin.client_id: a member must be registered by a session; open one first".into(),
+            )
+            .into());
+        }
+        let member = request
+            .member
+            .ok_or_else(|| NodeError::BadRequest("member: missing".into()))?;
+        let spec = spec_from_pb(member);
+        self.core
+            .config
+            .limits
+            .check_spec(&spec)
+            .map_err(NodeError::from)?;
+        Ok(Response::new(
+            self.write(Command::Register { origin, spec }).await?,
+        ))
+    }
+
+    async fn update_metadata(
+        &self,
+        request: Request<pb::UpdateMetadataRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let request = request.into_inner();
+        let limits = &self.core.config.limits;
+        let origin = origin_from_pb(request.origin, &self.core)?;
+        limits
+            .check_id("id", &request.id)
+            .map_err(NodeError::from)?;
+        for key in &request.remove {
+            limits
+                .check_metadata_key("remove", key)
+                .map_err(NodeError::from)?;
+        }
+        limits
+            .check_metadata("set", &request.set)
+            .map_err(NodeError::from)?;
+        // The merged map must fit the limits too. This checks against the
+        // state at proposal time: concurrent updates of one member could
+        // together pass a little over, which apply (having no limits, so
+        // that every node applies alike) tolerates.
+        let merged = {
+            let applied = self.core.registry.read();
+            applied.state.members.get(&request.id).map(|m| {
+                let mut merged = m.spec.metadata.clone();
+                merged.extend(request.set.clone());
+                for key in &request.remove {
+                    merged.remove(key);
+                }
+                merged
+            })
+        };
+        if let Some(merged) = merged {
+            limits
+                .check_metadata("metadata", &merged)
+                .map_err(NodeError::from)?;
+        }
+        Ok(Response::new(
+            self.write(Command::UpdateMetadata {
+                origin,
+                id: request.id,
+                set: request.set,
+                remove: request.remove,
+            })
+            .await?,
+        ))
+    }
+
+    async fn unregister(
+        &self,
+        request: Request<pb::UnregisterRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let request = request.into_inner();
+        let origin = origin_from_pb(request.origin, &self.core)?;
+        self.core
+            .config
+            .limits
+            .check_id("id", &request.id)
+            .map_err(NodeError::from)?;
+        Ok(Response::new(
+            self.write(Command::Unregister {
+                origin,
+                id: request.id,
+            })
+            .await?,
+        ))
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let request = request.into_inner();
+        self.core
+            .config
+            .limits
+            .check_client_id("client_id", &request.client_id)
+            .map_err(NodeError::from)?;
+        Ok(Response::new(
+            self.write(Command::CloseSession {
+                client_id: request.client_id,
+            })
+            .await?,
+        ))
+    }
+
+    async fn get_member(
+        &self,
+        request: Request<pb::GetMemberRequest>,
+    ) -> Result<Response<pb::GetMemberResponse>, Status> {
+        let request = request.into_inner();
+        self.core
+            .config
+            .limits
+            .check_id("id", &request.id)
+            .map_err(NodeError::from)?;
+        self.core.read_barrier(request.consistency).await?;
+        let applied = self.core.registry.read();
+        let member = applied
+            .state
+            .members
+            .get(&request.id)
+            .ok_or_else(|| NodeError::NotFound(request.id.clone()))?;
+        Ok(Response::new(pb::GetMemberResponse {
+            member: Some(member_to_pb(member)),
+            index: applied.index,
+        }))
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let request = request.into_inner();
+        let filter = filter_from_pb(request.filter)?;
+        self.core.read_barrier(request.consistency).await?;
+        let applied = self.core.registry.read();
+        let members = applied
+            .state
+            .members
+            .values()
+            .filter(|m| filter.matches(m))
+            .map(member_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListMembersResponse {
+            members,
+            index: applied.index,
+        }))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let filter = filter_from_pb(request.filter)?;
+        let progress_interval = match request.progress_interval_ms {
+            0 => self.core.config.progress_interval,
+            ms => Duration::from_millis(ms).max(MIN_PROGRESS_INTERVAL),
+        };
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(subscribe::serve(
+            self.core.registry.clone(),
+            Subscription {
+                filter,
+                since_index: request.since_index,
+                progress_interval,
+            },
+            tx,
+            self.core.shutdown.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        Ok(Response::new(self.core.cluster_status()))
+    }
+
+    async fn node_status(
+        &self,
+        request: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        let wanted = request.into_inner().node_id;
+        if wanted != 0 && wanted != self.core.id {
+            return Err(NodeError::BadRequest(format!(
+                "node_id: this node is {}; ask node {wanted} directly (see cluster status for its address)",
+                self.core.id
+            ))
+            .into());
+        }
+        Ok(Response::new(self.core.node_status()))
+    }
+}

@@ -1,0 +1,224 @@
+//! Starting and stopping a node: one start function that opens the data
+//! dir, starts Raft, serves gRPC and runs the background loops.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fuddle_proto::raft::raft_server::RaftServer;
+use fuddle_proto::registry::registry_server::RegistryServer;
+use fuddle_storage::{DataDir, NodeAddr, OpenError, TypeConfig, open_stores};
+use openraft::{Raft, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::core::Core;
+use crate::network::Network;
+use crate::proposer::Proposer;
+use crate::raft_service::RaftService;
+use crate::registry_service::RegistryService;
+use crate::sessions::{self, Heartbeats, SessionClock};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data dir is unusable.
+    #[error(transparent)]
+    DataDir(#[from] OpenError),
+    /// The stored state cannot be read.
+    #[error("cannot read the stored state: {0}")]
+    Storage(String),
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Raft refused to start.
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+}
+
+/// A started node.
+pub struct Node {
+    /// The shared parts, for in-process tests and embedding.
+    pub core: Arc<Core>,
+    /// The bound gRPC address (useful with port 0).
+    pub local_addr: SocketAddr,
+    /// Background tasks; each holds what it needs and ends on shutdown.
+    tasks: JoinSet<()>,
+}
+
+/// Opens the data dir and loads or creates the node id. A wiped data dir
+/// gets a new id: a node must never come back under an old id without its
+/// old log.
+fn open_data_dir(config: &Config) -> Result<(DataDir, u64, bool), StartError> {
+    let dir = DataDir::open(&config.data_dir, config.cache_bytes)?;
+    match dir.node_id()? {
+        Some(id) => Ok((dir, id, false)),
+        None => {
+            // Ids are random so that two fresh nodes never collide; zero is
+            // kept for "none" in the protocol.
+            let id = loop {
+                let id: u64 = rand::random::<u64>() >> 1;
+                if id != 0 {
+                    break id;
+                }
+            };
+            dir.set_node_id(id)?;
+            Ok((dir, id, true))
+        }
+    }
+}
+
+fn raft_config(config: &Config) -> Result<openraft::Config, StartError> {
+    let t = &config.raft;
+    openraft::Config {
+        cluster_name: "fuddle".into(),
+        heartbeat_interval: t.heartbeat_interval.as_millis() as u64,
+        election_timeout_min: t.election_timeout_min.as_millis() as u64,
+        election_timeout_max: t.election_timeout_max.as_millis() as u64,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every),
+        max_in_snapshot_log_to_keep: t.keep_behind_snapshot,
+        max_payload_entries: 256,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::Config(e.to_string()))
+}
+
+impl Node {
+    /// Starts a node: opens its data dir, starts Raft (bootstrapping a
+    /// one-voter cluster when the data dir is new and there is nothing to
+    /// join), and serves gRPC on `config.bind`.
+    pub async fn start(config: Config) -> Result<Node, StartError> {
+        let started = Instant::now();
+        let (dir, id, _fresh) = open_data_dir(&config)?;
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.bind,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        let addr = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| local_addr.to_string());
+        let http_addr = config.http_bind.map(|a| a.to_string()).unwrap_or_default();
+
+        let (log_store, sm) =
+            open_stores(&dir, config.feed).map_err(|e| StartError::Storage(e.to_string()))?;
+        let registry = sm.registry();
+        let raft =
+            Raft::<TypeConfig>::new(id, Arc::new(raft_config(&config)?), Network, log_store, sm)
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if !initialized && config.join.is_empty() {
+            let me = NodeAddr {
+                addr: addr.clone(),
+                http_addr: http_addr.clone(),
+            };
+            raft.initialize(BTreeMap::from([(id, me)]))
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+            tracing::info!(node = id, "bootstrapped a new one-voter cluster");
+        }
+
+        let shutdown = CancellationToken::new();
+        let config = Arc::new(config);
+        let proposer = Proposer::start(raft.clone(), config.max_batch);
+        let clock = Arc::new(Mutex::new(SessionClock::new(Instant::now())));
+        let core = Arc::new(Core {
+            id,
+            addr,
+            http_addr,
+            config: config.clone(),
+            raft: raft.clone(),
+            registry: registry.clone(),
+            proposer: proposer.clone(),
+            heartbeats: Heartbeats::new(clock.clone()),
+            shutdown: shutdown.clone(),
+            started,
+        });
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(sessions::run_ticker(
+            id,
+            raft.clone(),
+            registry,
+            proposer,
+            clock,
+            config.sessions,
+            shutdown.clone(),
+        ));
+        let registry_service = RegistryServer::new(RegistryService::new(core.clone()))
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(usize::MAX);
+        let raft_service = RaftServer::new(RaftService::new(raft))
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let serve_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .add_service(registry_service)
+                .add_service(raft_service)
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    serve_shutdown.cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = result {
+                tracing::error!("gRPC server failed: {e}");
+            }
+        });
+        tracing::info!(node = id, addr = %local_addr, "serving");
+        Ok(Node {
+            core,
+            local_addr,
+            tasks,
+        })
+    }
+
+    /// Runs until `signal` completes, then shuts down cleanly.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        self.shutdown().await;
+    }
+
+    /// Stops serving: streams are told to reconnect elsewhere, Raft stops,
+    /// and the database is flushed.
+    pub async fn shutdown(mut self) {
+        tracing::info!(node = self.core.id, "shutting down");
+        self.core.shutdown.cancel();
+        // Give streams a moment to send their goodbye, but never hang.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.tasks.abort_all();
+        if let Err(e) = self.core.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}

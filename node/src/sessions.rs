@@ -1,0 +1,347 @@
+//! Failure detection: the leader's clock of every session.
+//!
+//! Heartbeats are not log entries. The leader keeps, in memory, when it last
+//! heard from each session; on a short tick it proposes `SessionsDown` for
+//! sessions silent longer than their heartbeat timeout, `SessionsUp` for
+//! down sessions that heartbeat again, and `SessionsExpired` for sessions
+//! down longer than their reconnect timeout. A node that becomes leader
+//! starts every session's clock afresh, so a leader change never marks a
+//! live client down.
+//!
+//! [`SessionClock`] is the pure core (time is passed in); [`run_ticker`] is
+//! the thin async loop around it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fuddle_storage::{Command, Registry, TypeConfig};
+use openraft::Raft;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SessionConfig;
+use crate::proposer::Proposer;
+
+/// What the clock needs to know of a session from the replicated state.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionView<'a> {
+    /// The session id.
+    pub id: &'a str,
+    /// Whether the state has it up.
+    pub up: bool,
+    /// Its heartbeat timeout.
+    pub heartbeat_timeout: Duration,
+    /// Its reconnect timeout.
+    pub reconnect_timeout: Duration,
+}
+
+/// Sessions whose status should change, as found by one tick.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Transitions {
+    /// Silent past their heartbeat timeout.
+    pub down: Vec<String>,
+    /// Down, but heard from since.
+    pub up: Vec<String>,
+    /// Down past their reconnect timeout.
+    pub expired: Vec<String>,
+}
+
+impl Transitions {
+    /// True when nothing is to be proposed.
+    pub fn is_empty(&self) -> bool {
+        self.down.is_empty() && self.up.is_empty() && self.expired.is_empty()
+    }
+
+    /// The log commands for these transitions.
+    pub fn into_commands(self) -> Vec<Command> {
+        let mut commands = Vec::new();
+        if !self.up.is_empty() {
+            commands.push(Command::SessionsUp {
+                client_ids: self.up,
+            });
+        }
+        if !self.down.is_empty() {
+            commands.push(Command::SessionsDown {
+                client_ids: self.down,
+            });
+        }
+        if !self.expired.is_empty() {
+            commands.push(Command::SessionsExpired {
+                client_ids: self.expired,
+            });
+        }
+        commands
+    }
+}
+
+/// The leader's in-memory clock of sessions.
+#[derive(Debug)]
+pub struct SessionClock {
+    /// The last heartbeat heard from each session.
+    last_seen: HashMap<String, Instant>,
+    /// When this leader first found each down session down: its reconnect
+    /// timeout counts from here.
+    down_since: HashMap<String, Instant>,
+    /// When this node's leadership began: no session's clock starts earlier.
+    epoch: Instant,
+}
+
+impl SessionClock {
+    /// A clock whose sessions all start fresh at `now`.
+    pub fn new(now: Instant) -> SessionClock {
+        SessionClock {
+            last_seen: HashMap::new(),
+            down_since: HashMap::new(),
+            epoch: now,
+        }
+    }
+
+    /// Starts every session's clock afresh (this node just became leader).
+    pub fn reset(&mut self, now: Instant) {
+        self.last_seen.clear();
+        self.down_since.clear();
+        self.epoch = now;
+    }
+
+    /// Records a heartbeat.
+    pub fn heartbeat(&mut self, id: &str, now: Instant) {
+        match self.last_seen.get_mut(id) {
+            Some(t) => *t = now.max(*t),
+            None => {
+                self.last_seen.insert(id.to_string(), now);
+            }
+        }
+    }
+
+    /// Finds the sessions whose status should change, at most `max` of each
+    /// kind (the rest wait for the next tick).
+    pub fn tick<'a>(
+        &mut self,
+        now: Instant,
+        sessions: impl Iterator<Item = SessionView<'a>>,
+        max: usize,
+    ) -> Transitions {
+        let mut t = Transitions::default();
+        let mut present = 0usize;
+        for s in sessions {
+            present += 1;
+            let seen = self
+                .last_seen
+                .get(s.id)
+                .copied()
+                .unwrap_or(self.epoch)
+                .max(self.epoch);
+            if s.up {
+                self.down_since.remove(s.id);
+                if now.saturating_duration_since(seen) > s.heartbeat_timeout && t.down.len() < max {
+                    t.down.push(s.id.to_string());
+                }
+            } else {
+                let since = *self.down_since.entry(s.id.to_string()).or_insert(now);
+                if seen > since {
+                    if t.up.len() < max {
+                        t.up.push(s.id.to_string());
+                    }
+                } else if now.saturating_duration_since(since) > s.reconnect_timeout
+                    && t.expired.len() < max
+                {
+                    t.expired.push(s.id.to_string());
+                }
+            }
+        }
+        // Forget sessions the state no longer has (closed or expired), so
+        // the maps do not grow without bound.
+        if self.last_seen.len() > present * 2 + 64 || self.down_since.len() > present + 64 {
+            self.last_seen.clear();
+            self.down_since.clear();
+        }
+        t
+    }
+}
+
+/// Where heartbeats go on this node.
+#[derive(Clone)]
+pub struct Heartbeats {
+    /// The leader's clock (only consulted while this node leads).
+    clock: Arc<Mutex<SessionClock>>,
+}
+
+impl Heartbeats {
+    /// A heartbeat sink around a clock.
+    pub fn new(clock: Arc<Mutex<SessionClock>>) -> Heartbeats {
+        Heartbeats { clock }
+    }
+
+    /// Records heartbeats from these sessions.
+    pub fn record<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let now = Instant::now();
+        let mut clock = self.clock.lock().expect("session clock poisoned");
+        for id in ids {
+            clock.heartbeat(id, now);
+        }
+    }
+}
+
+/// Runs the leader's session checks until `shutdown`.
+pub async fn run_ticker(
+    node_id: u64,
+    raft: Raft<TypeConfig>,
+    registry: Arc<Registry>,
+    proposer: Proposer,
+    clock: Arc<Mutex<SessionClock>>,
+    config: SessionConfig,
+    shutdown: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(config.tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_leader = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let is_leader = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
+            m.current_leader == Some(node_id) && m.state.is_leader()
+        };
+        let now = Instant::now();
+        if !is_leader {
+            was_leader = false;
+            continue;
+        }
+        if !was_leader {
+            clock.lock().expect("session clock poisoned").reset(now);
+            was_leader = true;
+            continue;
+        }
+        let transitions = {
+            let applied = registry.read();
+            let views = applied.state.sessions.values().map(|s| SessionView {
+                id: &s.client_id,
+                up: s.is_up(),
+                heartbeat_timeout: Duration::from_millis(s.heartbeat_timeout_ms),
+                reconnect_timeout: Duration::from_millis(s.reconnect_timeout_ms),
+            });
+            clock.lock().expect("session clock poisoned").tick(
+                now,
+                views,
+                config.max_transitions_per_tick,
+            )
+        };
+        if transitions.is_empty() {
+            continue;
+        }
+        tracing::info!(
+            down = transitions.down.len(),
+            up = transitions.up.len(),
+            expired = transitions.expired.len(),
+            "session transitions"
+        );
+        // One at a time: the next tick sees the result, so nothing is
+        // proposed twice while the first proposal is in flight.
+        for command in transitions.into_commands() {
+            if let Err(e) = proposer.propose(command).await {
+                tracing::warn!("session transition not proposed: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(id: &str, up: bool) -> SessionView<'_> {
+        SessionView {
+            id,
+            up,
+            heartbeat_timeout: Duration::from_secs(1),
+            reconnect_timeout: Duration::from_secs(3),
+        }
+    }
+
+    #[test]
+    fn silent_session_goes_down_then_expires() {
+        let t0 = Instant::now();
+        let mut clock = SessionClock::new(t0);
+        clock.heartbeat("a", t0);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(
+            clock
+                .tick(at(900), [view("a", true)].into_iter(), 10)
+                .is_empty()
+        );
+        let t = clock.tick(at(1100), [view("a", true)].into_iter(), 10);
+        assert_eq!(t.down, vec!["a"]);
+        // Now the state has it down: the reconnect clock starts when seen.
+        assert!(
+            clock
+                .tick(at(1200), [view("a", false)].into_iter(), 10)
+                .is_empty()
+        );
+        assert!(
+            clock
+                .tick(at(4100), [view("a", false)].into_iter(), 10)
+                .is_empty()
+        );
+        let t = clock.tick(at(4300), [view("a", false)].into_iter(), 10);
+        assert_eq!(t.expired, vec!["a"]);
+    }
+
+    #[test]
+    fn heartbeat_keeps_up_and_brings_back() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut clock = SessionClock::new(t0);
+        for ms in (0..5000).step_by(300) {
+            clock.heartbeat("a", at(ms));
+            assert!(
+                clock
+                    .tick(at(ms + 10), [view("a", true)].into_iter(), 10)
+                    .is_empty()
+            );
+        }
+        let mut clock = SessionClock::new(t0);
+        assert!(
+            clock
+                .tick(at(100), [view("b", false)].into_iter(), 10)
+                .is_empty()
+        );
+        clock.heartbeat("b", at(200));
+        let t = clock.tick(at(300), [view("b", false)].into_iter(), 10);
+        assert_eq!(t.up, vec!["b"]);
+    }
+
+    #[test]
+    fn new_leader_starts_clocks_afresh() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut clock = SessionClock::new(t0);
+        // Heard long ago (by another leader's standards): a reset forgives it.
+        clock.heartbeat("a", t0);
+        clock.reset(at(5000));
+        assert!(
+            clock
+                .tick(at(5900), [view("a", true)].into_iter(), 10)
+                .is_empty()
+        );
+        assert_eq!(
+            clock.tick(at(6100), [view("a", true)].into_iter(), 10).down,
+            vec!["a"]
+        );
+    }
+
+    #[test]
+    fn transitions_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut clock = SessionClock::new(t0);
+        let ids: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+        let t = clock.tick(
+            t0 + Duration::from_secs(2),
+            ids.iter().map(|id| view(id, true)),
+            4,
+        );
+        assert_eq!(t.down.len(), 4);
+    }
+}

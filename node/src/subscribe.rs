@@ -1,0 +1,253 @@
+//! Subscriptions: a snapshot (or the history after `since_index`), then
+//! every change strictly in index order, with periodic progress.
+//!
+//! Every node serves subscriptions from its own applied state. The
+//! snapshot and the broadcast receiver are taken under the registry's lock
+//! (see `Registry::read_and_subscribe`), so the stream has no gap and no
+//! duplicate. A subscriber too slow for the broadcast buffer gets a fresh
+//! snapshot instead of a silent gap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuddle_proto::registry as pb;
+use fuddle_storage::{Applied, AppliedEntry, FeedItem, Filter, Registry};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::convert::{change_to_pb, member_to_pb};
+use crate::error::NodeError;
+
+/// Members per Snapshot message, so no message nears gRPC's size limit.
+const SNAPSHOT_CHUNK: usize = 1000;
+
+/// How long a subscriber resuming at an index this node has not applied
+/// yet waits for it before being told to try elsewhere.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+
+/// A subscription's parameters.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Which members.
+    pub filter: Filter,
+    /// Resume after this index.
+    pub since_index: Option<u64>,
+    /// Progress interval on an idle stream.
+    pub progress_interval: Duration,
+}
+
+type Tx = mpsc::Sender<Result<pb::SubscribeResponse, Status>>;
+
+/// Streams a subscription into `tx` until the client goes away or the node
+/// shuts down.
+pub async fn serve(
+    registry: Arc<Registry>,
+    sub: Subscription,
+    tx: Tx,
+    shutdown: CancellationToken,
+) {
+    let result = tokio::select! {
+        r = stream(&registry, &sub, &tx) => r,
+        _ = shutdown.cancelled() => Err(NodeError::ShuttingDown),
+    };
+    if let Err(e) = result {
+        let _ = tx.send(Err(e.into())).await;
+    }
+}
+
+/// The subscriber went away: not an error, just the end.
+struct Gone;
+
+impl From<Gone> for NodeError {
+    fn from(_: Gone) -> NodeError {
+        NodeError::ShuttingDown
+    }
+}
+
+async fn send(tx: &Tx, kind: pb::subscribe_response::Kind) -> Result<(), Gone> {
+    tx.send(Ok(pb::SubscribeResponse { kind: Some(kind) }))
+        .await
+        .map_err(|_| Gone)
+}
+
+enum Start {
+    Snapshot(Vec<pb::Member>, u64),
+    Resume(Vec<Arc<AppliedEntry>>, u64),
+}
+
+fn snapshot_of(applied: &Applied, filter: &Filter) -> Start {
+    let members = applied
+        .state
+        .members
+        .values()
+        .filter(|m| filter.matches(m))
+        .map(member_to_pb)
+        .collect();
+    Start::Snapshot(members, applied.index)
+}
+
+async fn stream(registry: &Registry, sub: &Subscription, tx: &Tx) -> Result<(), NodeError> {
+    if let Some(since) = sub.since_index {
+        wait_for_index(registry, since).await?;
+    }
+    let (start, mut rx) = registry.read_and_subscribe(|applied| match sub.since_index {
+        Some(since) => match applied.feed.since(since) {
+            Some(entries) => Start::Resume(entries, since),
+            None => snapshot_of(applied, &sub.filter),
+        },
+        None => snapshot_of(applied, &sub.filter),
+    });
+    let mut last = match start {
+        Start::Snapshot(members, index) => {
+            send_snapshot(tx, members, index).await?;
+            index
+        }
+        Start::Resume(entries, since) => {
+            let mut last = since;
+            for entry in entries {
+                last = send_entry(tx, &entry, &sub.filter, last).await?;
+            }
+            last
+        }
+    };
+    let mut progress = tokio::time::interval(sub.progress_interval);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            item = rx.recv() => match item {
+                Ok(FeedItem::Entry(entry)) => {
+                    last = send_entry(tx, &entry, &sub.filter, last).await?;
+                }
+                Ok(FeedItem::Reset(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // History before this point is gone for this subscriber:
+                    // replace its view rather than leave a gap.
+                    let (start, new_rx) = registry.read_and_subscribe(|a| snapshot_of(a, &sub.filter));
+                    rx = new_rx;
+                    if let Start::Snapshot(members, index) = start {
+                        send_snapshot(tx, members, index).await?;
+                        last = index;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(NodeError::ShuttingDown),
+            },
+            _ = progress.tick() => {
+                // Everything applied up to the index read under the lock is
+                // already in `rx` (publishing happens under the write lock),
+                // so after sending what is queued, that index is complete.
+                let (queued, index) = {
+                    let applied = registry.read();
+                    let mut queued = Vec::new();
+                    let mut lagged = false;
+                    loop {
+                        match rx.try_recv() {
+                            Ok(item) => queued.push(item),
+                            Err(broadcast::error::TryRecvError::Lagged(_)) => { lagged = true; break; }
+                            Err(_) => break,
+                        }
+                    }
+                    (if lagged { None } else { Some(queued) }, applied.index)
+                };
+                let Some(queued) = queued else {
+                    let (start, new_rx) = registry.read_and_subscribe(|a| snapshot_of(a, &sub.filter));
+                    rx = new_rx;
+                    if let Start::Snapshot(members, index) = start {
+                        send_snapshot(tx, members, index).await?;
+                        last = index;
+                    }
+                    continue;
+                };
+                let mut reset = false;
+                for item in queued {
+                    match item {
+                        FeedItem::Entry(entry) => last = send_entry(tx, &entry, &sub.filter, last).await?,
+                        FeedItem::Reset(_) => reset = true,
+                    }
+                }
+                if reset {
+                    let (start, new_rx) = registry.read_and_subscribe(|a| snapshot_of(a, &sub.filter));
+                    rx = new_rx;
+                    if let Start::Snapshot(members, index) = start {
+                        send_snapshot(tx, members, index).await?;
+                        last = index;
+                    }
+                    continue;
+                }
+                if index > last {
+                    last = index;
+                }
+                send(tx, pb::subscribe_response::Kind::Progress(pb::Progress { index: last })).await?;
+            }
+        }
+    }
+}
+
+async fn wait_for_index(registry: &Registry, wanted: u64) -> Result<(), NodeError> {
+    let mut watch = registry.watch_index();
+    let reached = tokio::time::timeout(CATCH_UP_WAIT, watch.wait_for(|i| *i >= wanted)).await;
+    match reached {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(NodeError::Behind {
+            applied: registry.index(),
+            wanted,
+        }),
+    }
+}
+
+async fn send_snapshot(tx: &Tx, members: Vec<pb::Member>, index: u64) -> Result<(), Gone> {
+    let mut chunks = members.chunks(SNAPSHOT_CHUNK).peekable();
+    if chunks.peek().is_none() {
+        return send(
+            tx,
+            pb::subscribe_response::Kind::Snapshot(pb::Snapshot {
+                members: Vec::new(),
+                index,
+                more: false,
+            }),
+        )
+        .await;
+    }
+    while let Some(chunk) = chunks.next() {
+        let more = chunks.peek().is_some();
+        send(
+            tx,
+            pb::subscribe_response::Kind::Snapshot(pb::Snapshot {
+                members: chunk.to_vec(),
+                index,
+                more,
+            }),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sends an entry's changes if it is newer than `last` and any change
+/// passes the filter; returns the new last index.
+async fn send_entry(
+    tx: &Tx,
+    entry: &AppliedEntry,
+    filter: &Filter,
+    last: u64,
+) -> Result<u64, Gone> {
+    if entry.index <= last {
+        return Ok(last);
+    }
+    let changes: Vec<pb::Change> = entry
+        .changes
+        .iter()
+        .filter_map(|c| change_to_pb(c, filter))
+        .collect();
+    if !changes.is_empty() {
+        send(
+            tx,
+            pb::subscribe_response::Kind::Events(pb::Events {
+                index: entry.index,
+                changes,
+            }),
+        )
+        .await?;
+    }
+    Ok(entry.index)
+}

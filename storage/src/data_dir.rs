@@ -1,0 +1,218 @@
+//! Opening a node's data dir: one sled database with a format version and
+//! the node's id. A data dir that is unusable stops the node with a clear
+//! message, never a silent reset.
+
+use std::path::{Path, PathBuf};
+
+/// The on-disk format this build reads and writes. Bump it on any change of
+/// the stored encoding; a node refuses a data dir of another version.
+pub const FORMAT_VERSION: u32 = 1;
+
+const META_TREE: &str = "meta";
+const FORMAT_KEY: &str = "format_version";
+const NODE_ID_KEY: &str = "node_id";
+
+/// Why a data dir cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The path exists and is not a directory.
+    #[error("data dir {0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// The directory cannot be created or written.
+    #[error("data dir {path} cannot be used: {source}")]
+    Io {
+        /// The data dir.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// Another process holds the database open.
+    #[error("data dir {0} is in use by another process (is another fuddle-node running on it?)")]
+    Locked(PathBuf),
+    /// sled found corruption.
+    #[error(
+        "data dir {path} is corrupt: {detail}; restore it from a backup or remove it to start this node afresh under a new id"
+    )]
+    Corrupt {
+        /// The data dir.
+        path: PathBuf,
+        /// What sled said.
+        detail: String,
+    },
+    /// The database was written by another format version, or is not ours.
+    #[error("data dir {path} has format {found}, this build reads format {FORMAT_VERSION}")]
+    UnknownFormat {
+        /// The data dir.
+        path: PathBuf,
+        /// The version found (or a description).
+        found: String,
+    },
+    /// Any other sled error.
+    #[error("data dir {path}: {detail}")]
+    Other {
+        /// The data dir.
+        path: PathBuf,
+        /// What sled said.
+        detail: String,
+    },
+}
+
+/// An open data dir.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    /// The sled database holding the log, the state machine and snapshots.
+    pub db: sled::Db,
+    /// Where it is, for messages.
+    pub path: PathBuf,
+}
+
+impl DataDir {
+    /// Opens (creating if needed) the data dir at `path`, with a sled cache
+    /// of `cache_bytes` (sled's default of 1 GiB is too much for a registry).
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<DataDir, OpenError> {
+        let path = path.to_path_buf();
+        if path.exists() && !path.is_dir() {
+            return Err(OpenError::NotADirectory(path));
+        }
+        std::fs::create_dir_all(&path).map_err(|source| OpenError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let db = sled::Config::new()
+            .path(path.join("db"))
+            .cache_capacity(cache_bytes)
+            // Durability comes from flush_async at the right points, not
+            // from sled's background flusher.
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|e| classify(&path, e))?;
+        let dir = DataDir { db, path };
+        dir.check_format()?;
+        Ok(dir)
+    }
+
+    fn meta(&self) -> Result<sled::Tree, OpenError> {
+        self.db
+            .open_tree(META_TREE)
+            .map_err(|e| classify(&self.path, e))
+    }
+
+    fn check_format(&self) -> Result<(), OpenError> {
+        let meta = self.meta()?;
+        match meta.get(FORMAT_KEY).map_err(|e| classify(&self.path, e))? {
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| OpenError::UnknownFormat {
+                        path: self.path.clone(),
+                        found: format!("unreadable ({} bytes)", v.len()),
+                    })?;
+                if found != FORMAT_VERSION {
+                    return Err(OpenError::UnknownFormat {
+                        path: self.path.clone(),
+                        found: found.to_string(),
+                    });
+                }
+            }
+            None => {
+                // A database with data but no version is not ours.
+                let names = self.db.tree_names();
+                let foreign = names.iter().any(|n| {
+                    n.as_ref() != b"__sled__default" && n.as_ref() != META_TREE.as_bytes()
+                }) || !self.db.is_empty();
+                if foreign {
+                    return Err(OpenError::UnknownFormat {
+                        path: self.path.clone(),
+                        found: "none (not a Fuddle data dir)".into(),
+                    });
+                }
+                meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
+                    .map_err(|e| classify(&self.path, e))?;
+                self.db.flush().map_err(|e| classify(&self.path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The node id kept in this data dir, if one was saved.
+    pub fn node_id(&self) -> Result<Option<u64>, OpenError> {
+        let meta = self.meta()?;
+        let value = meta.get(NODE_ID_KEY).map_err(|e| classify(&self.path, e))?;
+        Ok(value.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok().map(u64::from_be_bytes)))
+    }
+
+    /// Saves the node id durably. Called once, on the node's first start,
+    /// before anything else is written.
+    pub fn set_node_id(&self, id: u64) -> Result<(), OpenError> {
+        let meta = self.meta()?;
+        meta.insert(NODE_ID_KEY, &id.to_be_bytes())
+            .map_err(|e| classify(&self.path, e))?;
+        self.db.flush().map_err(|e| classify(&self.path, e))?;
+        Ok(())
+    }
+}
+
+fn classify(path: &Path, e: sled::Error) -> OpenError {
+    let path = path.to_path_buf();
+    match e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            OpenError::Locked(path)
+        }
+        sled::Error::Io(source) => OpenError::Io { path, source },
+        sled::Error::Corruption { .. } => OpenError::Corrupt {
+            path,
+            detail: e.to_string(),
+        },
+        other => OpenError::Other {
+            path,
+            detail: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_node_id() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let d = DataDir::open(dir.path(), 1 << 20).unwrap();
+            assert_eq!(d.node_id().unwrap(), None);
+            d.set_node_id(42).unwrap();
+        }
+        let d = DataDir::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(d.node_id().unwrap(), Some(42));
+    }
+
+    #[test]
+    fn refuses_a_second_opener() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = DataDir::open(dir.path(), 1 << 20).unwrap();
+        let err = DataDir::open(dir.path(), 1 << 20).unwrap_err();
+        assert!(matches!(err, OpenError::Locked(_)), "{err}");
+        assert!(err.to_string().contains("in use"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_file_and_another_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(
+            DataDir::open(&file, 1 << 20).unwrap_err(),
+            OpenError::NotADirectory(_)
+        ));
+        {
+            let d = DataDir::open(dir.path(), 1 << 20).unwrap();
+            d.meta()
+                .unwrap()
+                .insert(FORMAT_KEY, &99u32.to_be_bytes())
+                .unwrap();
+            d.db.flush().unwrap();
+        }
+        let err = DataDir::open(dir.path(), 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("format 99"), "{err}");
+    }
+}

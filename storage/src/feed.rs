@@ -1,0 +1,165 @@
+//! The change feed: every applied entry's member changes, kept for a while
+//! so that a subscriber can resume by index, and broadcast to live
+//! subscribers.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::change::Change;
+
+/// The member changes of one applied log entry.
+#[derive(Debug)]
+pub struct AppliedEntry {
+    /// The entry's log index.
+    pub index: u64,
+    /// Its changes, all of them (subscribers see an entry whole).
+    pub changes: Vec<Change>,
+}
+
+/// What the feed broadcasts.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    /// An entry with member changes.
+    Entry(Arc<AppliedEntry>),
+    /// The state was replaced by a snapshot at this index: history before it
+    /// is gone, and every subscriber needs a fresh snapshot.
+    Reset(u64),
+}
+
+/// Recent history plus the live broadcast.
+#[derive(Debug)]
+pub struct Feed {
+    /// Entries after `history_start`, oldest first.
+    history: VecDeque<Arc<AppliedEntry>>,
+    /// The history is complete for every index after this one.
+    history_start: u64,
+    /// How many changes the history may hold in all.
+    max_history_changes: usize,
+    /// How many changes it holds now.
+    history_changes: usize,
+    /// Live subscribers' receivers come from here.
+    tx: broadcast::Sender<FeedItem>,
+}
+
+/// Sizes of the feed.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedConfig {
+    /// Changes kept for resuming subscribers.
+    pub history_changes: usize,
+    /// Items a live subscriber may lag before it must resync.
+    pub broadcast_capacity: usize,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            history_changes: 100_000,
+            broadcast_capacity: 16_384,
+        }
+    }
+}
+
+impl Feed {
+    /// A feed whose history starts after `applied` (the state as loaded).
+    pub fn new(applied: u64, config: FeedConfig) -> Feed {
+        let (tx, _) = broadcast::channel(config.broadcast_capacity.max(1));
+        Feed {
+            history: VecDeque::new(),
+            history_start: applied,
+            max_history_changes: config.history_changes,
+            history_changes: 0,
+            tx,
+        }
+    }
+
+    /// Records and broadcasts an applied entry.
+    pub fn push(&mut self, entry: AppliedEntry) {
+        let entry = Arc::new(entry);
+        self.history_changes += entry.changes.len();
+        self.history.push_back(entry.clone());
+        while self.history_changes > self.max_history_changes {
+            let Some(old) = self.history.pop_front() else {
+                break;
+            };
+            self.history_changes -= old.changes.len();
+            self.history_start = old.index;
+        }
+        // No receivers is fine: nobody is subscribed.
+        let _ = self.tx.send(FeedItem::Entry(entry));
+    }
+
+    /// Forgets all history: the state was replaced wholesale at `index`.
+    pub fn reset(&mut self, index: u64) {
+        self.history.clear();
+        self.history_changes = 0;
+        self.history_start = index;
+        let _ = self.tx.send(FeedItem::Reset(index));
+    }
+
+    /// A receiver of everything pushed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<FeedItem> {
+        self.tx.subscribe()
+    }
+
+    /// The entries after `since`, if the history still covers them all.
+    pub fn since(&self, since: u64) -> Option<Vec<Arc<AppliedEntry>>> {
+        if since < self.history_start {
+            return None;
+        }
+        let first = self.history.partition_point(|e| e.index <= since);
+        Some(self.history.range(first..).cloned().collect())
+    }
+
+    /// How many live receivers there are.
+    pub fn receivers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, n: usize) -> AppliedEntry {
+        AppliedEntry {
+            index,
+            changes: (0..n)
+                .map(|i| Change {
+                    id: format!("m{i}"),
+                    before: None,
+                    after: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn resumes_inside_the_window_only() {
+        let mut feed = Feed::new(
+            10,
+            FeedConfig {
+                history_changes: 4,
+                broadcast_capacity: 8,
+            },
+        );
+        assert_eq!(feed.since(10).unwrap().len(), 0);
+        assert!(feed.since(9).is_none());
+        feed.push(entry(11, 2));
+        feed.push(entry(13, 2));
+        let got: Vec<u64> = feed.since(10).unwrap().iter().map(|e| e.index).collect();
+        assert_eq!(got, vec![11, 13]);
+        let got: Vec<u64> = feed.since(12).unwrap().iter().map(|e| e.index).collect();
+        assert_eq!(got, vec![13]);
+        // A third entry pushes the first out: resuming before 11 is no
+        // longer possible, after it still is.
+        feed.push(entry(14, 1));
+        assert!(feed.since(10).is_none());
+        let got: Vec<u64> = feed.since(11).unwrap().iter().map(|e| e.index).collect();
+        assert_eq!(got, vec![13, 14]);
+        feed.reset(20);
+        assert!(feed.since(14).is_none());
+        assert!(feed.since(20).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,39 @@
+//! Fuddle's storage: the registry state and its pure apply function, and
+//! openraft's log store and state machine on sled.
+//!
+//! This crate knows nothing about tonic, sockets or clocks: the node stamps
+//! time into log entries and drives everything from outside.
+
+pub mod change;
+pub mod codec;
+pub mod command;
+pub mod data_dir;
+pub mod feed;
+pub mod filter;
+pub mod limits;
+pub mod log_store;
+pub mod member;
+pub mod registry;
+pub mod session;
+pub mod state;
+pub mod state_machine;
+pub mod types;
+
+#[cfg(test)]
+mod state_tests;
+#[cfg(test)]
+mod store_tests;
+
+pub use change::Change;
+pub use command::{ApplyError, Command, CommandResult, Origin, Outcome, Request, Response};
+pub use data_dir::{DataDir, OpenError};
+pub use feed::{AppliedEntry, FeedConfig, FeedItem};
+pub use filter::Filter;
+pub use limits::{InvalidField, Limits};
+pub use log_store::LogStore;
+pub use member::{Member, MemberSpec, MemberStatus};
+pub use registry::{Applied, Registry};
+pub use session::{Session, SessionStatus};
+pub use state::{ApplyOutput, RegistryState};
+pub use state_machine::{StateMachineStore, open_stores};
+pub use types::{Entry, LogId, NodeAddr, NodeId, TypeConfig};

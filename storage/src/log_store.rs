@@ -1,0 +1,230 @@
+//! openraft's log store on sled: the log (big-endian index keys), the vote,
+//! the committed and purged markers.
+//!
+//! An append is written as one sled batch and made durable with one
+//! `flush_async` before openraft is told it is on disk: openraft hands over
+//! every entry it has ready in one call, so many client writes share one
+//! flush (group commit).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError, Vote};
+
+use crate::codec::{decode, encode, index_key, key_index};
+use crate::data_dir::DataDir;
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+
+const LOG_TREE: &str = "log";
+const RAFT_META_TREE: &str = "raft_meta";
+const VOTE_KEY: &str = "vote";
+const COMMITTED_KEY: &str = "committed";
+const PURGED_KEY: &str = "last_purged";
+
+/// The Raft log and its metadata, in the node's sled database.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    /// For `flush_async`, which covers every tree.
+    db: sled::Db,
+    /// Entries by big-endian index.
+    log: sled::Tree,
+    /// Vote, committed and purged markers.
+    meta: sled::Tree,
+}
+
+fn io_err(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+fn logs_read(e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
+}
+
+fn logs_write(e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+impl LogStore {
+    /// Opens the log trees of a data dir.
+    pub fn open(dir: &DataDir) -> Result<LogStore, sled::Error> {
+        Ok(LogStore {
+            db: dir.db.clone(),
+            log: dir.db.open_tree(LOG_TREE)?,
+            meta: dir.db.open_tree(RAFT_META_TREE)?,
+        })
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<Option<T>, StorageError> {
+        let Some(bytes) = self
+            .meta
+            .get(key)
+            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?
+        else {
+            return Ok(None);
+        };
+        decode(&bytes)
+            .map(Some)
+            .map_err(|e| io_err(subject, ErrorVerb::Read, e))
+    }
+
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<(), StorageError> {
+        let bytes = encode(value).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
+        self.meta
+            .insert(key, bytes)
+            .map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+
+    async fn flush(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+
+    /// The highest log index present, if any (for status reports).
+    pub fn last_index(&self) -> Option<u64> {
+        self.log
+            .last()
+            .ok()
+            .flatten()
+            .and_then(|(k, _)| key_index(&k))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut entries = Vec::new();
+        for item in self.log.range::<[u8; 8], _>((start, end)) {
+            let (_, value) = item.map_err(logs_read)?;
+            entries.push(decode::<Entry>(&value).map_err(logs_read)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.get_meta(PURGED_KEY, ErrorSubject::Store)?;
+        let last = match self.log.last().map_err(logs_read)? {
+            Some((_, value)) => Some(decode::<Entry>(&value).map_err(logs_read)?.log_id),
+            None => None,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.put_meta(VOTE_KEY, vote, ErrorSubject::Vote)?;
+        // A vote must survive a crash, or the node could vote twice in a term.
+        self.flush(ErrorSubject::Vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.get_meta(VOTE_KEY, ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed: openraft re-derives the commit point if it is lost;
+        // saving it only lets a restart apply sooner.
+        self.put_meta(COMMITTED_KEY, &committed, ErrorSubject::Store)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .get_meta::<Option<LogId>>(COMMITTED_KEY, ErrorSubject::Store)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(
+                &index_key(entry.log_id.index),
+                encode(&entry).map_err(logs_write)?,
+            );
+        }
+        self.log.apply_batch(batch).map_err(logs_write)?;
+        // Only data on disk may be reported durable: an acknowledged write
+        // must survive a crash.
+        let flushed = self.db.flush_async().await;
+        match flushed {
+            Ok(_) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let io = std::io::Error::other(e.to_string());
+                callback.log_io_completed(Err(io));
+                Err(logs_write(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(index_key(log_id.index)..) {
+            let (key, _) = item.map_err(logs_read)?;
+            batch.remove(key);
+        }
+        self.log.apply_batch(batch).map_err(logs_write)?;
+        self.flush(ErrorSubject::Logs).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The marker goes first: entries at or below it are ignored even if
+        // a crash leaves some of them behind.
+        self.put_meta(PURGED_KEY, &log_id, ErrorSubject::Store)?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=index_key(log_id.index)) {
+            let (key, _) = item.map_err(logs_read)?;
+            batch.remove(key);
+        }
+        self.log.apply_batch(batch).map_err(logs_write)?;
+        Ok(())
+    }
+}

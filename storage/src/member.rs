@@ -1,0 +1,65 @@
+//! Members: the running instances of services that the registry holds.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Whether a member's session is heartbeating. Only the registry changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum MemberStatus {
+    /// The owning session heartbeats within its timeout.
+    #[default]
+    Up,
+    /// The owning session missed its heartbeat timeout; the member is kept
+    /// until the session's reconnect timeout expires.
+    Down,
+}
+
+impl MemberStatus {
+    /// The lowercase name used in the CLI and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Up => "up",
+            MemberStatus::Down => "down",
+        }
+    }
+}
+
+/// What a client says about a member when it registers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MemberSpec {
+    /// Unique in the cluster.
+    pub id: String,
+    /// The service this member is an instance of.
+    pub service: String,
+    /// A dotted hierarchy such as `aws.us-east-1.us-east-1b`; may be empty.
+    pub locality: String,
+    /// The application's build revision.
+    pub revision: String,
+    /// When the member's process started (Unix ms), as the client says.
+    pub created_ms: u64,
+    /// Free-form key/value pairs, bounded by the node's limits.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A member as the registry holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The client-supplied part.
+    pub spec: MemberSpec,
+    /// Up or down, following the owning session.
+    pub status: MemberStatus,
+    /// The session that owns the member.
+    pub client_id: String,
+    /// The log index that created the member.
+    pub create_index: u64,
+    /// The log index that last changed the member.
+    pub mod_index: u64,
+}
+
+impl Member {
+    /// The member's id.
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+}

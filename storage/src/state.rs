@@ -1,0 +1,395 @@
+//! The registry state and its pure apply function.
+//!
+//! Applying an entry is a deterministic function of (state, index, entry):
+//! no clock (the leader stamped `now_ms` into the entry), no randomness and
+//! no I/O, so every node reaches the same state and it is unit-tested alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::change::Change;
+use crate::command::{ApplyError, Command, CommandResult, Origin, Outcome, Request};
+use crate::member::{Member, MemberSpec, MemberStatus};
+use crate::session::{Session, SessionStatus};
+
+/// How many answers a session keeps for retries when a client never
+/// acknowledges them; a well-behaved client keeps far fewer in flight.
+pub const MAX_KEPT_ANSWERS: usize = 1024;
+
+/// Every member and session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryState {
+    /// Members by id.
+    pub members: BTreeMap<String, Member>,
+    /// Sessions by client id.
+    pub sessions: BTreeMap<String, Session>,
+}
+
+/// What applying one entry did.
+#[derive(Debug, Default)]
+pub struct ApplyOutput {
+    /// One result per command of the entry.
+    pub results: Vec<CommandResult>,
+    /// Member changes in the order they happened, for subscribers. A member
+    /// changed twice in one entry appears once, with its first `before` and
+    /// last `after`.
+    pub changes: Vec<Change>,
+    /// Sessions whose stored form changed (created, modified or removed),
+    /// so the store writes only those.
+    pub touched_sessions: BTreeSet<String>,
+}
+
+/// Collects changes while an entry is applied.
+struct Recorder {
+    /// Position of each member in `changes`, to merge repeated changes.
+    position: BTreeMap<String, usize>,
+    /// The changes so far.
+    changes: Vec<Change>,
+    /// See [`ApplyOutput::touched_sessions`].
+    touched_sessions: BTreeSet<String>,
+}
+
+impl Recorder {
+    fn member(&mut self, id: &str, before: Option<Member>, after: Option<Member>) {
+        match self.position.get(id) {
+            Some(&i) => self.changes[i].after = after,
+            None => {
+                self.position.insert(id.to_string(), self.changes.len());
+                self.changes.push(Change {
+                    id: id.to_string(),
+                    before,
+                    after,
+                });
+            }
+        }
+    }
+
+    fn session(&mut self, client_id: &str) {
+        self.touched_sessions.insert(client_id.to_string());
+    }
+}
+
+impl RegistryState {
+    /// Applies one log entry at `index`.
+    pub fn apply(&mut self, index: u64, request: &Request) -> ApplyOutput {
+        let mut rec = Recorder {
+            position: BTreeMap::new(),
+            changes: Vec::new(),
+            touched_sessions: BTreeSet::new(),
+        };
+        let results = request
+            .commands
+            .iter()
+            .map(|command| self.apply_command(index, request.now_ms, command, &mut rec))
+            .collect();
+        // A member created and removed in the same entry is no change at all.
+        rec.changes
+            .retain(|c| c.before.is_some() || c.after.is_some());
+        ApplyOutput {
+            results,
+            changes: rec.changes,
+            touched_sessions: rec.touched_sessions,
+        }
+    }
+
+    fn apply_command(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        command: &Command,
+        rec: &mut Recorder,
+    ) -> CommandResult {
+        match command {
+            Command::OpenSession {
+                client_id,
+                heartbeat_timeout_ms,
+                reconnect_timeout_ms,
+            } => Ok(self.open_session(
+                index,
+                client_id,
+                *heartbeat_timeout_ms,
+                *reconnect_timeout_ms,
+                rec,
+            )),
+            Command::Register { origin, spec } => {
+                if origin.client_id.is_empty() {
+                    return Err(ApplyError::Invalid(
+                        "a member must be registered by a session".into(),
+                    ));
+                }
+                self.deduplicated(origin, rec, |state, rec| {
+                    state.register(index, origin, spec, rec)
+                })
+            }
+            Command::UpdateMetadata {
+                origin,
+                id,
+                set,
+                remove,
+            } => self.deduplicated(origin, rec, |state, rec| {
+                state.update_metadata(index, origin, id, set, remove, rec)
+            }),
+            Command::Unregister { origin, id } => {
+                self.deduplicated(origin, rec, |state, rec| state.unregister(origin, id, rec))
+            }
+            Command::CloseSession { client_id } => {
+                // Closing a session that is already gone is a retry, not an error.
+                self.remove_session(client_id, rec);
+                Ok(Outcome::Done)
+            }
+            Command::SessionsDown { client_ids } => {
+                for id in client_ids {
+                    self.set_session_status(
+                        index,
+                        id,
+                        SessionStatus::Down { since_ms: now_ms },
+                        rec,
+                    );
+                }
+                Ok(Outcome::Done)
+            }
+            Command::SessionsUp { client_ids } => {
+                for id in client_ids {
+                    self.set_session_status(index, id, SessionStatus::Up, rec);
+                }
+                Ok(Outcome::Done)
+            }
+            Command::SessionsExpired { client_ids } => {
+                for id in client_ids {
+                    // Only a session still down expires: a heartbeat may have
+                    // brought it back between the proposal and this entry.
+                    if self.sessions.get(id).is_some_and(|s| !s.is_up()) {
+                        self.remove_session(id, rec);
+                    }
+                }
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    /// Runs a session write once: a retry with a seq the session has already
+    /// answered gets the same answer without applying again.
+    fn deduplicated(
+        &mut self,
+        origin: &Origin,
+        rec: &mut Recorder,
+        write: impl FnOnce(&mut Self, &mut Recorder) -> CommandResult,
+    ) -> CommandResult {
+        if origin.client_id.is_empty() || origin.seq == 0 {
+            return write(self, rec);
+        }
+        let Some(session) = self.sessions.get_mut(&origin.client_id) else {
+            return Err(ApplyError::SessionNotFound(origin.client_id.clone()));
+        };
+        let kept_before = session.answers.len();
+        session.answers.retain(|seq, _| *seq >= origin.ack_below);
+        if session.answers.len() != kept_before {
+            rec.session(&origin.client_id);
+        }
+        if let Some(answer) = session.answers.get(&origin.seq) {
+            return answer.clone();
+        }
+        if origin.seq < origin.ack_below {
+            return Err(ApplyError::StaleRetry {
+                client_id: origin.client_id.clone(),
+                seq: origin.seq,
+            });
+        }
+        let answer = write(self, rec);
+        // The write may have closed nothing, but the session is still there:
+        // writes never remove their own session.
+        if let Some(session) = self.sessions.get_mut(&origin.client_id) {
+            session.answers.insert(origin.seq, answer.clone());
+            while session.answers.len() > MAX_KEPT_ANSWERS {
+                session.answers.pop_first();
+            }
+            rec.session(&origin.client_id);
+        }
+        answer
+    }
+
+    fn open_session(
+        &mut self,
+        index: u64,
+        client_id: &str,
+        heartbeat_timeout_ms: u64,
+        reconnect_timeout_ms: u64,
+        rec: &mut Recorder,
+    ) -> Outcome {
+        rec.session(client_id);
+        let resumed = if let Some(session) = self.sessions.get_mut(client_id) {
+            session.heartbeat_timeout_ms = heartbeat_timeout_ms;
+            session.reconnect_timeout_ms = reconnect_timeout_ms;
+            // Opening is a sign of life: a down session comes back up.
+            self.set_session_status(index, client_id, SessionStatus::Up, rec);
+            true
+        } else {
+            self.sessions.insert(
+                client_id.to_string(),
+                Session {
+                    client_id: client_id.to_string(),
+                    heartbeat_timeout_ms,
+                    reconnect_timeout_ms,
+                    status: SessionStatus::Up,
+                    create_index: index,
+                    members: BTreeSet::new(),
+                    answers: BTreeMap::new(),
+                },
+            );
+            false
+        };
+        Outcome::Session {
+            client_id: client_id.to_string(),
+            resumed,
+            heartbeat_timeout_ms,
+            reconnect_timeout_ms,
+        }
+    }
+
+    fn register(
+        &mut self,
+        index: u64,
+        origin: &Origin,
+        spec: &MemberSpec,
+        rec: &mut Recorder,
+    ) -> CommandResult {
+        let Some(session) = self.sessions.get(&origin.client_id) else {
+            return Err(ApplyError::SessionNotFound(origin.client_id.clone()));
+        };
+        let status = if session.is_up() {
+            MemberStatus::Up
+        } else {
+            MemberStatus::Down
+        };
+        let before = self.members.get(&spec.id).cloned();
+        let create_index = match &before {
+            Some(existing) if existing.client_id != origin.client_id => {
+                if self.sessions.contains_key(&existing.client_id) {
+                    return Err(ApplyError::OwnedByOther {
+                        id: spec.id.clone(),
+                        owner: existing.client_id.clone(),
+                    });
+                }
+                // The owner is gone (which expiry normally prevents): the
+                // member is taken over as new.
+                index
+            }
+            Some(existing) => existing.create_index,
+            None => index,
+        };
+        let member = Member {
+            spec: spec.clone(),
+            status,
+            client_id: origin.client_id.clone(),
+            create_index,
+            mod_index: index,
+        };
+        self.members.insert(spec.id.clone(), member.clone());
+        if let Some(session) = self.sessions.get_mut(&origin.client_id)
+            && session.members.insert(spec.id.clone())
+        {
+            rec.session(&origin.client_id);
+        }
+        rec.member(&spec.id, before, Some(member.clone()));
+        Ok(Outcome::Member(member))
+    }
+
+    /// Refuses a session write to a member another session owns.
+    /// Administrative writes (no session) may touch any member.
+    fn check_owner(&self, origin: &Origin, member: &Member) -> Result<(), ApplyError> {
+        if origin.client_id.is_empty() || origin.client_id == member.client_id {
+            return Ok(());
+        }
+        if !self.sessions.contains_key(&origin.client_id) {
+            return Err(ApplyError::SessionNotFound(origin.client_id.clone()));
+        }
+        Err(ApplyError::OwnedByOther {
+            id: member.spec.id.clone(),
+            owner: member.client_id.clone(),
+        })
+    }
+
+    fn update_metadata(
+        &mut self,
+        index: u64,
+        origin: &Origin,
+        id: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+        rec: &mut Recorder,
+    ) -> CommandResult {
+        let Some(before) = self.members.get(id) else {
+            return Err(ApplyError::MemberNotFound(id.to_string()));
+        };
+        self.check_owner(origin, before)?;
+        let before = before.clone();
+        let mut after = before.clone();
+        for (key, value) in set {
+            after.spec.metadata.insert(key.clone(), value.clone());
+        }
+        for key in remove {
+            after.spec.metadata.remove(key);
+        }
+        after.mod_index = index;
+        self.members.insert(id.to_string(), after.clone());
+        rec.member(id, Some(before), Some(after.clone()));
+        Ok(Outcome::Member(after))
+    }
+
+    fn unregister(&mut self, origin: &Origin, id: &str, rec: &mut Recorder) -> CommandResult {
+        let Some(member) = self.members.get(id) else {
+            return Err(ApplyError::MemberNotFound(id.to_string()));
+        };
+        self.check_owner(origin, member)?;
+        let member = self.members.remove(id).expect("checked above");
+        if let Some(session) = self.sessions.get_mut(&member.client_id) {
+            session.members.remove(id);
+            rec.session(&member.client_id);
+        }
+        rec.member(id, Some(member), None);
+        Ok(Outcome::Done)
+    }
+
+    fn remove_session(&mut self, client_id: &str, rec: &mut Recorder) {
+        let Some(session) = self.sessions.remove(client_id) else {
+            return;
+        };
+        rec.session(client_id);
+        for id in &session.members {
+            if let Some(member) = self.members.remove(id) {
+                rec.member(id, Some(member), None);
+            }
+        }
+    }
+
+    fn set_session_status(
+        &mut self,
+        index: u64,
+        client_id: &str,
+        status: SessionStatus,
+        rec: &mut Recorder,
+    ) {
+        let Some(session) = self.sessions.get_mut(client_id) else {
+            return;
+        };
+        if session.is_up() == matches!(status, SessionStatus::Up) {
+            return;
+        }
+        session.status = status;
+        rec.session(client_id);
+        let member_status = if session.is_up() {
+            MemberStatus::Up
+        } else {
+            MemberStatus::Down
+        };
+        for id in &session.members {
+            if let Some(member) = self.members.get_mut(id) {
+                let before = member.clone();
+                member.status = member_status;
+                member.mod_index = index;
+                rec.member(id, Some(before), Some(member.clone()));
+            }
+        }
+    }
+}

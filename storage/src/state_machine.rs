@@ -1,0 +1,399 @@
+//! openraft's state machine on sled.
+//!
+//! The state lives in memory (in [`Registry`], where the node reads it) and
+//! in the `sm` tree. Applying a batch of entries writes every changed
+//! member and session plus the last applied log id in one atomic sled batch,
+//! so after a crash the stored state always matches its `last_applied`, and
+//! openraft replays the log from there.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::command::Response;
+use crate::data_dir::DataDir;
+use crate::feed::{AppliedEntry, FeedConfig};
+use crate::member::Member;
+use crate::registry::{Applied, Registry};
+use crate::session::Session;
+use crate::state::RegistryState;
+use crate::types::{
+    Entry, LogId, NodeId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+const SM_TREE: &str = "sm";
+const SNAPSHOT_TREE: &str = "snapshot";
+const CURRENT_SNAPSHOT_KEY: &str = "current";
+const SNAPSHOT_SEQ_KEY: &str = "seq";
+
+/// Key prefixes in the `sm` tree.
+const MEMBER_PREFIX: u8 = b'm';
+const SESSION_PREFIX: u8 = b's';
+const LAST_APPLIED_KEY: &[u8] = b"xlast_applied";
+const MEMBERSHIP_KEY: &[u8] = b"xmembership";
+
+fn member_key(id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.len() + 1);
+    key.push(MEMBER_PREFIX);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn session_key(id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.len() + 1);
+    key.push(SESSION_PREFIX);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&e)).into()
+}
+
+fn snapshot_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::new(&e)).into()
+}
+
+/// What a snapshot holds (borrowed, for building without a copy).
+#[derive(Serialize)]
+struct SnapshotContentRef<'a> {
+    last_applied: &'a Option<LogId>,
+    membership: &'a StoredMembership,
+    state: &'a RegistryState,
+}
+
+/// What a snapshot holds. Field order must match [`SnapshotContentRef`].
+#[derive(Deserialize)]
+struct SnapshotContent {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    state: RegistryState,
+}
+
+/// The last snapshot, as stored for sending to followers.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// Raft-only parts of the applied state, beside the registry.
+#[derive(Debug, Clone, Default)]
+struct RaftApplied {
+    /// The log id of the last applied entry.
+    last_applied: Option<LogId>,
+    /// The last membership applied.
+    membership: StoredMembership,
+}
+
+/// The state machine store handed to openraft.
+#[derive(Debug, Clone)]
+pub struct StateMachineStore {
+    /// Where the node reads the state.
+    registry: Arc<Registry>,
+    /// Raft's view of what is applied; a mutex because the snapshot builder
+    /// runs beside apply.
+    raft: Arc<std::sync::Mutex<RaftApplied>>,
+    /// For durable snapshot writes.
+    db: sled::Db,
+    /// The state: members, sessions, last applied, membership.
+    sm: sled::Tree,
+    /// The last built or installed snapshot.
+    snapshots: sled::Tree,
+}
+
+impl StateMachineStore {
+    /// Loads the stored state of a data dir.
+    pub fn open(dir: &DataDir, feed: FeedConfig) -> Result<StateMachineStore, StorageError> {
+        let read = |e: sled::Error| sm_err(ErrorVerb::Read, e);
+        let sm = dir.db.open_tree(SM_TREE).map_err(read)?;
+        let snapshots = dir.db.open_tree(SNAPSHOT_TREE).map_err(read)?;
+        let mut state = RegistryState::default();
+        for item in sm.scan_prefix([MEMBER_PREFIX]) {
+            let (_, value) = item.map_err(read)?;
+            let member: Member = decode(&value).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            state.members.insert(member.spec.id.clone(), member);
+        }
+        for item in sm.scan_prefix([SESSION_PREFIX]) {
+            let (_, value) = item.map_err(read)?;
+            let session: Session = decode(&value).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            state.sessions.insert(session.client_id.clone(), session);
+        }
+        let get = |key: &[u8]| sm.get(key).map_err(read);
+        let last_applied: Option<LogId> = match get(LAST_APPLIED_KEY)? {
+            Some(v) => decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+            None => None,
+        };
+        let membership: StoredMembership = match get(MEMBERSHIP_KEY)? {
+            Some(v) => decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+            None => StoredMembership::default(),
+        };
+        let index = last_applied.map_or(0, |l| l.index);
+        Ok(StateMachineStore {
+            registry: Registry::new(state, index, feed),
+            raft: Arc::new(std::sync::Mutex::new(RaftApplied {
+                last_applied,
+                membership,
+            })),
+            db: dir.db.clone(),
+            sm,
+            snapshots,
+        })
+    }
+
+    /// The registry this store applies to.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// The index of the stored snapshot, if any (for status reports).
+    pub fn snapshot_index(&self) -> Option<u64> {
+        let bytes = self.snapshots.get(CURRENT_SNAPSHOT_KEY).ok()??;
+        let stored: StoredSnapshot = decode(&bytes).ok()?;
+        stored.meta.last_log_id.map(|l| l.index)
+    }
+
+    fn raft(&self) -> std::sync::MutexGuard<'_, RaftApplied> {
+        self.raft.lock().expect("state machine lock poisoned")
+    }
+}
+
+/// Adds the stored form of the members and sessions an entry changed.
+fn persist_changes(
+    batch: &mut sled::Batch,
+    applied: &Applied,
+    changes: &[crate::change::Change],
+    sessions: &std::collections::BTreeSet<String>,
+) -> Result<(), postcard::Error> {
+    for change in changes {
+        match &change.after {
+            Some(member) => batch.insert(member_key(&change.id), encode(member)?),
+            None => batch.remove(member_key(&change.id)),
+        }
+    }
+    for id in sessions {
+        match applied.state.sessions.get(id) {
+            Some(session) => batch.insert(session_key(id), encode(session)?),
+            None => batch.remove(session_key(id)),
+        }
+    }
+    Ok(())
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let write = |e: postcard::Error| snapshot_err(ErrorVerb::Write, e);
+        // The registry's read lock and the raft mutex together give a state
+        // and the log id it belongs to; apply takes them in the same order.
+        let (data, raft) = {
+            let applied = self.registry.read();
+            let raft = self.raft().clone();
+            let data = encode(&SnapshotContentRef {
+                last_applied: &raft.last_applied,
+                membership: &raft.membership,
+                state: &applied.state,
+            })
+            .map_err(write)?;
+            (data, raft)
+        };
+        let seq = self
+            .snapshots
+            .update_and_fetch(SNAPSHOT_SEQ_KEY, |old| {
+                let n = old
+                    .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                    .map_or(0, u64::from_be_bytes);
+                Some((n + 1).to_be_bytes().to_vec())
+            })
+            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let snapshot_id = match raft.last_applied {
+            Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
+            None => format!("0-0-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: raft.last_applied,
+            last_membership: raft.membership.clone(),
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.snapshots
+            .insert(CURRENT_SNAPSHOT_KEY, encode(&stored).map_err(write)?)
+            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let raft = self.raft().clone();
+        Ok((raft.last_applied, raft.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let write = |e: postcard::Error| sm_err(ErrorVerb::Write, e);
+        let mut responses = Vec::new();
+        let mut batch = sled::Batch::default();
+        let raft = self.raft.clone();
+        self.registry
+            .update(|applied| -> Result<(), StorageError> {
+                let mut raft = raft.lock().expect("state machine lock poisoned");
+                for entry in entries {
+                    let index = entry.log_id.index;
+                    raft.last_applied = Some(entry.log_id);
+                    applied.index = index;
+                    match entry.payload {
+                        EntryPayload::Blank => responses.push(Response::default()),
+                        EntryPayload::Normal(request) => {
+                            let out = applied.state.apply(index, &request);
+                            persist_changes(
+                                &mut batch,
+                                applied,
+                                &out.changes,
+                                &out.touched_sessions,
+                            )
+                            .map_err(write)?;
+                            Registry::publish(
+                                applied,
+                                AppliedEntry {
+                                    index,
+                                    changes: out.changes,
+                                },
+                            );
+                            responses.push(Response {
+                                results: out.results,
+                            });
+                        }
+                        EntryPayload::Membership(membership) => {
+                            raft.membership = StoredMembership::new(Some(entry.log_id), membership);
+                            batch.insert(MEMBERSHIP_KEY, encode(&raft.membership).map_err(write)?);
+                            responses.push(Response::default());
+                        }
+                    }
+                }
+                batch.insert(LAST_APPLIED_KEY, encode(&raft.last_applied).map_err(write)?);
+                Ok(())
+            })?;
+        self.sm
+            .apply_batch(batch)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let read = |e: postcard::Error| snapshot_err(ErrorVerb::Read, e);
+        let write = |e: postcard::Error| snapshot_err(ErrorVerb::Write, e);
+        let data = snapshot.into_inner();
+        let content: SnapshotContent = decode(&data).map_err(read)?;
+
+        // One batch removes the old state and writes the new one, so a crash
+        // leaves either the old state or the new one, never a mix.
+        let mut batch = sled::Batch::default();
+        for item in self.sm.iter() {
+            let (key, _) = item.map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+            batch.remove(key);
+        }
+        for (id, member) in &content.state.members {
+            batch.insert(member_key(id), encode(member).map_err(write)?);
+        }
+        for (id, session) in &content.state.sessions {
+            batch.insert(session_key(id), encode(session).map_err(write)?);
+        }
+        batch.insert(LAST_APPLIED_KEY, encode(&meta.last_log_id).map_err(write)?);
+        batch.insert(
+            MEMBERSHIP_KEY,
+            encode(&meta.last_membership).map_err(write)?,
+        );
+        self.sm
+            .apply_batch(batch)
+            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.snapshots
+            .insert(CURRENT_SNAPSHOT_KEY, encode(&stored).map_err(write)?)
+            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        let raft = self.raft.clone();
+        let _ = content.last_applied;
+        let _ = content.membership;
+        self.registry.update(|applied| {
+            let mut raft = raft.lock().expect("state machine lock poisoned");
+            raft.last_applied = meta.last_log_id;
+            raft.membership = meta.last_membership.clone();
+            applied.state = content.state;
+            applied.index = index;
+            applied.feed.reset(index);
+        });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let Some(bytes) = self
+            .snapshots
+            .get(CURRENT_SNAPSHOT_KEY)
+            .map_err(|e| snapshot_err(ErrorVerb::Read, e))?
+        else {
+            return Ok(None);
+        };
+        let stored: StoredSnapshot =
+            decode(&bytes).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
+
+/// Opens the log store and the state machine store of a data dir.
+pub fn open_stores(
+    dir: &DataDir,
+    feed: FeedConfig,
+) -> Result<(crate::log_store::LogStore, StateMachineStore), StorageError> {
+    let log = crate::log_store::LogStore::open(dir).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+    let sm = StateMachineStore::open(dir, feed)?;
+    Ok((log, sm))
+}
+
+/// The node id type, re-exported for callers of [`open_stores`].
+pub type Id = NodeId;

@@ -1,0 +1,736 @@
+//! Tests of the sled-backed stores: openraft's conformance suite, snapshots,
+//! restarts and the change feed, on real sled databases in temp dirs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::Path;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, Vote};
+use tempfile::TempDir;
+use tokio::sync::broadcast::error::TryRecvError;
+
+use crate::command::{Command, Origin, Outcome, Request, Response};
+use crate::data_dir::DataDir;
+use crate::feed::{FeedConfig, FeedItem};
+use crate::log_store::LogStore;
+use crate::member::MemberSpec;
+use crate::state::RegistryState;
+use crate::state_machine::{StateMachineStore, open_stores};
+use crate::types::{Entry, LogId, NodeAddr, NodeId, StorageError, StoredMembership, TypeConfig};
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+const CACHE: u64 = 16 << 20;
+
+/// Opens the stores of the data dir at `path`.
+fn open(path: &Path) -> (DataDir, LogStore, StateMachineStore) {
+    let dir = DataDir::open(path, CACHE).expect("open data dir");
+    let (log, sm) = open_stores(&dir, FeedConfig::default()).expect("open stores");
+    (dir, log, sm)
+}
+
+fn lid(term: u64, index: u64) -> LogId {
+    openraft::testing::log_id(term, 1, index)
+}
+
+fn normal(term: u64, index: u64, commands: Vec<Command>) -> Entry {
+    Entry {
+        log_id: lid(term, index),
+        payload: EntryPayload::Normal(Request {
+            now_ms: 1_000 * index,
+            commands,
+        }),
+    }
+}
+
+fn blank(term: u64, index: u64) -> Entry {
+    Entry {
+        log_id: lid(term, index),
+        payload: EntryPayload::Blank,
+    }
+}
+
+fn voters(ids: &[NodeId]) -> Membership<NodeId, NodeAddr> {
+    let set: BTreeSet<NodeId> = ids.iter().copied().collect();
+    let nodes: BTreeMap<NodeId, NodeAddr> = ids
+        .iter()
+        .map(|&id| {
+            (
+                id,
+                NodeAddr {
+                    addr: format!("127.0.0.1:{}", 8220 + id),
+                    http_addr: format!("127.0.0.1:{}", 9220 + id),
+                },
+            )
+        })
+        .collect();
+    Membership::new(vec![set], nodes)
+}
+
+fn membership(term: u64, index: u64, ids: &[NodeId]) -> Entry {
+    Entry {
+        log_id: lid(term, index),
+        payload: EntryPayload::Membership(voters(ids)),
+    }
+}
+
+fn open_session(client_id: &str) -> Command {
+    Command::OpenSession {
+        client_id: client_id.into(),
+        heartbeat_timeout_ms: 30_000,
+        reconnect_timeout_ms: 600_000,
+    }
+}
+
+fn origin(client_id: &str, seq: u64) -> Origin {
+    Origin {
+        client_id: client_id.into(),
+        seq,
+        ack_below: seq,
+    }
+}
+
+fn register(client_id: &str, seq: u64, id: &str) -> Command {
+    Command::Register {
+        origin: origin(client_id, seq),
+        spec: MemberSpec {
+            id: id.into(),
+            service: "web".into(),
+            locality: "dc1.rack2".into(),
+            revision: "v1".into(),
+            created_ms: 7,
+            metadata: BTreeMap::from([("zone".into(), "a".into())]),
+        },
+    }
+}
+
+/// Six entries: a membership, sessions, members, a blank, an update and
+/// a session going down, an unregister.
+fn script() -> Vec<Entry> {
+    vec![
+        membership(1, 1, &[1]),
+        normal(
+            1,
+            2,
+            vec![
+                open_session("s1"),
+                register("s1", 1, "m1"),
+                register("s1", 2, "m2"),
+            ],
+        ),
+        normal(1, 3, vec![open_session("s2"), register("s2", 1, "n1")]),
+        blank(1, 4),
+        normal(
+            1,
+            5,
+            vec![
+                Command::UpdateMetadata {
+                    origin: origin("s1", 3),
+                    id: "m1".into(),
+                    set: BTreeMap::from([("k".into(), "v".into())]),
+                    remove: vec!["zone".into()],
+                },
+                Command::SessionsDown {
+                    client_ids: vec!["s2".into()],
+                },
+            ],
+        ),
+        normal(
+            1,
+            6,
+            vec![Command::Unregister {
+                origin: origin("s1", 4),
+                id: "m2".into(),
+            }],
+        ),
+    ]
+}
+
+/// The registry state and index of a state machine store.
+fn registry_of(sm: &StateMachineStore) -> (RegistryState, u64) {
+    let registry = sm.registry();
+    let applied = registry.read();
+    (applied.state.clone(), applied.index)
+}
+
+fn feed_indexes(sm: &StateMachineStore, since: u64) -> Option<Vec<u64>> {
+    let registry = sm.registry();
+    let applied = registry.read();
+    applied
+        .feed
+        .since(since)
+        .map(|entries| entries.iter().map(|e| e.index).collect())
+}
+
+async fn all_entries(log: &mut LogStore) -> Vec<Entry> {
+    log.try_get_log_entries(..).await.unwrap()
+}
+
+fn indexes(entries: &[Entry]) -> Vec<u64> {
+    entries.iter().map(|e| e.log_id.index).collect()
+}
+
+// ---------------------------------------------------------------------------
+// openraft's conformance suite
+// ---------------------------------------------------------------------------
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = DataDir::open(tmp.path(), CACHE).expect("open data dir");
+        let (log, sm) = open_stores(&dir, FeedConfig::default())?;
+        Ok((tmp, log, sm))
+    }
+}
+
+/// `Suite::test_all` runs each case in its own runtime: a plain test.
+#[test]
+fn openraft_storage_suite() {
+    Suite::test_all(Builder).expect("openraft storage suite");
+}
+
+// ---------------------------------------------------------------------------
+// Snapshots
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn snapshot_build_then_install_gives_an_identical_state() {
+    let tmp_a = tempfile::tempdir().unwrap();
+    let tmp_b = tempfile::tempdir().unwrap();
+    let (_dir_a, _log_a, mut sm_a) = open(tmp_a.path());
+    let (_dir_b, _log_b, mut sm_b) = open(tmp_b.path());
+
+    sm_a.apply(script()).await.unwrap();
+    let snap = sm_a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(snap.meta.last_log_id, Some(lid(1, 6)));
+    assert_eq!(
+        snap.meta.last_membership,
+        StoredMembership::new(Some(lid(1, 1)), voters(&[1]))
+    );
+    assert_eq!(sm_a.snapshot_index(), Some(6));
+
+    // The receiver had other members, of another history.
+    sm_b.apply(vec![
+        membership(1, 1, &[1, 2]),
+        normal(1, 2, vec![open_session("x"), register("x", 1, "old")]),
+    ])
+    .await
+    .unwrap();
+    let (seen, mut rx) = sm_b.registry().read_and_subscribe(|a| a.index);
+    assert_eq!(seen, 2);
+
+    let mut received = sm_b.begin_receiving_snapshot().await.unwrap();
+    received.write_all(snap.snapshot.get_ref()).unwrap();
+    sm_b.install_snapshot(&snap.meta, received).await.unwrap();
+
+    let (state_a, index_a) = registry_of(&sm_a);
+    let (state_b, index_b) = registry_of(&sm_b);
+    assert_eq!(state_b, state_a);
+    assert_eq!(index_b, index_a);
+    assert_eq!(index_b, 6);
+    assert!(
+        !state_b.members.contains_key("old"),
+        "the old state is cleared"
+    );
+    assert!(!state_b.sessions.contains_key("x"));
+    assert_eq!(sm_b.registry().index(), 6);
+    assert_eq!(*sm_b.registry().watch_index().borrow(), 6);
+    assert_eq!(
+        sm_b.applied_state().await.unwrap(),
+        sm_a.applied_state().await.unwrap()
+    );
+    assert_eq!(
+        sm_b.applied_state().await.unwrap(),
+        (
+            Some(lid(1, 6)),
+            StoredMembership::new(Some(lid(1, 1)), voters(&[1]))
+        )
+    );
+
+    let cur_a = sm_a
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("a has a snapshot");
+    let cur_b = sm_b
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("b has a snapshot");
+    assert_eq!(cur_a.meta, snap.meta);
+    assert_eq!(cur_b.meta, snap.meta);
+    assert_eq!(cur_a.snapshot.get_ref(), snap.snapshot.get_ref());
+    assert_eq!(cur_b.snapshot.get_ref(), snap.snapshot.get_ref());
+    assert_eq!(sm_b.snapshot_index(), Some(6));
+
+    // Subscribers are told that history was replaced.
+    match rx.try_recv() {
+        Ok(FeedItem::Reset(6)) => {}
+        other => panic!("expected Reset(6), got {other:?}"),
+    }
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    assert_eq!(feed_indexes(&sm_b, 6), Some(vec![]));
+    assert_eq!(
+        feed_indexes(&sm_b, 5),
+        None,
+        "history before the snapshot is gone"
+    );
+
+    // Both go on identically from there.
+    let more = vec![normal(
+        2,
+        7,
+        vec![
+            register("s1", 5, "m3"),
+            Command::SessionsUp {
+                client_ids: vec!["s2".into()],
+            },
+        ],
+    )];
+    let ra = sm_a.apply(more.clone()).await.unwrap();
+    let rb = sm_b.apply(more).await.unwrap();
+    assert_eq!(ra, rb);
+    assert_eq!(registry_of(&sm_a), registry_of(&sm_b));
+    assert_eq!(feed_indexes(&sm_b, 6), Some(vec![7]));
+}
+
+#[tokio::test]
+async fn an_installed_snapshot_survives_reopening() {
+    let tmp_a = tempfile::tempdir().unwrap();
+    let tmp_b = tempfile::tempdir().unwrap();
+    let (_dir_a, _log_a, mut sm_a) = open(tmp_a.path());
+    sm_a.apply(script()).await.unwrap();
+    let snap = sm_a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    {
+        let (_dir_b, _log_b, mut sm_b) = open(tmp_b.path());
+        sm_b.apply(vec![
+            membership(1, 1, &[1, 2]),
+            normal(
+                1,
+                2,
+                vec![
+                    open_session("x"),
+                    register("x", 1, "old"),
+                    register("x", 2, "m1"),
+                ],
+            ),
+        ])
+        .await
+        .unwrap();
+        let mut received = sm_b.begin_receiving_snapshot().await.unwrap();
+        received.write_all(snap.snapshot.get_ref()).unwrap();
+        sm_b.install_snapshot(&snap.meta, received).await.unwrap();
+    }
+
+    let (_dir_b, _log_b, mut sm_b) = open(tmp_b.path());
+    let (state_a, _) = registry_of(&sm_a);
+    let (state_b, index_b) = registry_of(&sm_b);
+    assert_eq!(state_b, state_a);
+    assert!(
+        !state_b.members.contains_key("old"),
+        "an old member came back"
+    );
+    assert_eq!(state_b.members["m1"].client_id, "s1");
+    assert_eq!(index_b, 6);
+    assert_eq!(
+        sm_b.applied_state().await.unwrap(),
+        sm_a.applied_state().await.unwrap()
+    );
+    let cur_b = sm_b
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("snapshot kept");
+    assert_eq!(cur_b.meta, snap.meta);
+    assert_eq!(cur_b.snapshot.get_ref(), snap.snapshot.get_ref());
+    assert_eq!(sm_b.snapshot_index(), Some(6));
+}
+
+#[tokio::test]
+async fn snapshots_get_distinct_ids_and_the_latest_is_current() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dir, _log, mut sm) = open(tmp.path());
+    assert!(sm.get_current_snapshot().await.unwrap().is_none());
+    assert_eq!(sm.snapshot_index(), None);
+
+    // A snapshot of nothing applied is valid too.
+    let empty = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(empty.meta.last_log_id, None);
+
+    sm.apply(script()).await.unwrap();
+    let first = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let second = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_ne!(empty.meta.snapshot_id, first.meta.snapshot_id);
+    assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
+    assert_eq!(first.meta.last_log_id, second.meta.last_log_id);
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, second.meta);
+}
+
+// ---------------------------------------------------------------------------
+// Restarts
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_state_machine_survives_reopening() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, index, applied) = {
+        let (_dir, _log, mut sm) = open(tmp.path());
+        let responses = sm.apply(script()).await.unwrap();
+        assert_eq!(responses.len(), 6, "one response per entry");
+        assert_eq!(responses[0], Response::default(), "membership");
+        assert_eq!(responses[3], Response::default(), "blank");
+        assert_eq!(responses[1].results.len(), 3);
+        assert!(responses[1].results.iter().all(Result::is_ok));
+        assert!(matches!(responses[2].results[1], Ok(Outcome::Member(_))));
+        assert_eq!(responses[5].results, vec![Ok(Outcome::Done)]);
+        let (state, index) = registry_of(&sm);
+        (state, index, sm.applied_state().await.unwrap())
+    };
+    assert_eq!(index, 6);
+    assert_eq!(state.members.keys().collect::<Vec<_>>(), ["m1", "n1"]);
+
+    let (_dir, _log, mut sm) = open(tmp.path());
+    assert_eq!(registry_of(&sm), (state.clone(), 6));
+    assert_eq!(sm.registry().index(), 6);
+    assert_eq!(sm.applied_state().await.unwrap(), applied);
+    // The feed starts after the loaded state.
+    assert_eq!(feed_indexes(&sm, 6), Some(vec![]));
+    assert_eq!(feed_indexes(&sm, 5), None);
+
+    // The stored sessions kept their answers: a retry after the restart is
+    // answered as before and applies nothing.
+    let retry = normal(1, 7, vec![register("s2", 1, "n1")]);
+    let responses = sm.apply(vec![retry]).await.unwrap();
+    match &responses[0].results[0] {
+        Ok(Outcome::Member(m)) => {
+            assert_eq!(m.create_index, 3);
+            assert_eq!(m.mod_index, 3, "the answer given at index 3");
+        }
+        other => panic!("expected the kept answer, got {other:?}"),
+    }
+    let (after, index) = registry_of(&sm);
+    assert_eq!(index, 7);
+    assert_eq!(after, state);
+}
+
+#[tokio::test]
+async fn a_reopened_store_goes_on_like_one_that_never_stopped() {
+    let tmp_a = tempfile::tempdir().unwrap();
+    let tmp_b = tempfile::tempdir().unwrap();
+    let (_dir_a, _log_a, mut sm_a) = open(tmp_a.path());
+    sm_a.apply(script()).await.unwrap();
+    {
+        let (_dir_b, _log_b, mut sm_b) = open(tmp_b.path());
+        // In two batches, reopening in between.
+        let mut entries = script();
+        let rest = entries.split_off(3);
+        sm_b.apply(entries).await.unwrap();
+        drop(sm_b);
+        drop(_log_b);
+        drop(_dir_b);
+        let (_dir_b, _log_b, mut sm_b) = open(tmp_b.path());
+        sm_b.apply(rest).await.unwrap();
+    }
+    let (_dir_b, _log_b, mut sm_b) = open(tmp_b.path());
+    assert_eq!(registry_of(&sm_a), registry_of(&sm_b));
+
+    let more = vec![normal(
+        2,
+        7,
+        vec![
+            register("s1", 5, "m2"),
+            Command::SessionsExpired {
+                client_ids: vec!["s2".into()],
+            },
+            Command::CloseSession {
+                client_id: "nobody".into(),
+            },
+        ],
+    )];
+    let ra = sm_a.apply(more.clone()).await.unwrap();
+    let rb = sm_b.apply(more).await.unwrap();
+    assert_eq!(ra, rb);
+    assert_eq!(registry_of(&sm_a), registry_of(&sm_b));
+    // Reopen once more: the removed session and member stay removed.
+    drop(sm_b);
+    drop(_log_b);
+    drop(_dir_b);
+    let (_dir_b, _log_b, sm_b) = open(tmp_b.path());
+    assert_eq!(registry_of(&sm_a), registry_of(&sm_b));
+    let (state, _) = registry_of(&sm_b);
+    assert!(!state.sessions.contains_key("s2"));
+    assert!(!state.members.contains_key("n1"));
+}
+
+#[tokio::test]
+async fn the_log_survives_reopening_and_purge_and_truncate_behave() {
+    let tmp = tempfile::tempdir().unwrap();
+    let entries = script();
+    let vote = Vote::new_committed(3, 1);
+    {
+        let (_dir, mut log, _sm) = open(tmp.path());
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, None);
+        assert_eq!(state.last_log_id, None);
+        assert_eq!(log.read_vote().await.unwrap(), None);
+        assert_eq!(log.read_committed().await.unwrap(), None);
+
+        // Two appends, like two flushes of openraft.
+        log.blocking_append(entries[..2].to_vec()).await.unwrap();
+        log.blocking_append(entries[2..].to_vec()).await.unwrap();
+        log.save_vote(&vote).await.unwrap();
+        log.save_committed(Some(lid(1, 5))).await.unwrap();
+        assert_eq!(all_entries(&mut log).await, entries);
+        assert_eq!(log.last_index(), Some(6));
+    }
+
+    {
+        let (_dir, mut log, _sm) = open(tmp.path());
+        assert_eq!(all_entries(&mut log).await, entries, "entries survive");
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, None);
+        assert_eq!(state.last_log_id, Some(lid(1, 6)));
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(log.read_committed().await.unwrap(), Some(lid(1, 5)));
+
+        // Ranges through a reader.
+        let mut reader = log.get_log_reader().await;
+        assert_eq!(
+            indexes(&reader.try_get_log_entries(3..5).await.unwrap()),
+            [3, 4]
+        );
+        assert_eq!(
+            indexes(&reader.try_get_log_entries(..=2).await.unwrap()),
+            [1, 2]
+        );
+        assert_eq!(
+            indexes(&reader.try_get_log_entries(5..).await.unwrap()),
+            [5, 6]
+        );
+        assert!(reader.try_get_log_entries(7..).await.unwrap().is_empty());
+
+        // Purge up to 2: 3..=6 are left.
+        log.purge(lid(1, 2)).await.unwrap();
+        assert_eq!(indexes(&all_entries(&mut log).await), [3, 4, 5, 6]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(lid(1, 2)));
+        assert_eq!(state.last_log_id, Some(lid(1, 6)));
+
+        // Truncate since 5: 3 and 4 are left.
+        log.truncate(lid(1, 5)).await.unwrap();
+        assert_eq!(all_entries(&mut log).await, entries[2..4].to_vec());
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(lid(1, 2)));
+        assert_eq!(state.last_log_id, Some(lid(1, 4)));
+        assert_eq!(log.last_index(), Some(4));
+    }
+
+    {
+        let (_dir, mut log, _sm) = open(tmp.path());
+        assert_eq!(
+            indexes(&all_entries(&mut log).await),
+            [3, 4],
+            "purge and truncate survive"
+        );
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(lid(1, 2)));
+        assert_eq!(state.last_log_id, Some(lid(1, 4)));
+
+        // A new leader's entry replaces the truncated ones.
+        log.blocking_append([blank(2, 5)]).await.unwrap();
+        let got = all_entries(&mut log).await;
+        assert_eq!(indexes(&got), [3, 4, 5]);
+        assert_eq!(got[2].log_id, lid(2, 5));
+
+        // Purging everything leaves the purged id as the last one.
+        log.purge(lid(2, 5)).await.unwrap();
+        assert!(all_entries(&mut log).await.is_empty());
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(lid(2, 5)));
+        assert_eq!(state.last_log_id, Some(lid(2, 5)));
+        assert_eq!(log.last_index(), None);
+    }
+
+    let (_dir, mut log, _sm) = open(tmp.path());
+    assert!(all_entries(&mut log).await.is_empty());
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(lid(2, 5)));
+    assert_eq!(state.last_log_id, Some(lid(2, 5)));
+    assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+}
+
+#[tokio::test]
+async fn log_and_state_machine_share_one_data_dir_without_clashing() {
+    // The log and the state machine live in the same sled database: filling
+    // one must not show up in the other.
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (_dir, mut log, mut sm) = open(tmp.path());
+        log.blocking_append(script()).await.unwrap();
+        assert_eq!(sm.applied_state().await.unwrap().0, None);
+        sm.apply(script()[..3].to_vec()).await.unwrap();
+        assert_eq!(log.last_index(), Some(6));
+    }
+    let (dir, mut log, mut sm) = open(tmp.path());
+    assert_eq!(indexes(&all_entries(&mut log).await), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(lid(1, 3)));
+    assert_eq!(registry_of(&sm).0.members.len(), 3);
+    // The data dir is still ours, with its format version.
+    drop((log, sm));
+    drop(dir);
+    DataDir::open(tmp.path(), CACHE).expect("reopen data dir");
+}
+
+// ---------------------------------------------------------------------------
+// The change feed
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_feed_holds_applied_entries_and_delivers_later_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dir, _log, mut sm) = open(tmp.path());
+    let entries = script();
+    sm.apply(entries[..3].to_vec()).await.unwrap();
+
+    // Entries without member changes (the membership) are not in the feed.
+    assert_eq!(feed_indexes(&sm, 0), Some(vec![2, 3]));
+    assert_eq!(feed_indexes(&sm, 2), Some(vec![3]));
+    assert_eq!(feed_indexes(&sm, 3), Some(vec![]));
+    {
+        let registry = sm.registry();
+        let applied = registry.read();
+        let since = applied.feed.since(1).unwrap();
+        let ids: Vec<&str> = since[0].changes.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["m1", "m2"]);
+        assert!(since[0].changes.iter().all(|c| c.before.is_none()));
+        assert_eq!(
+            since[0].changes[0].after.as_ref(),
+            applied.state.members.get("m1")
+        );
+        assert_eq!(since[1].changes[0].id, "n1");
+    }
+
+    let registry = sm.registry();
+    let ((index, members), mut rx) =
+        registry.read_and_subscribe(|a| (a.index, a.state.members.len()));
+    assert_eq!((index, members), (3, 3));
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    let mut watch = registry.watch_index();
+
+    let mut rest = entries[3..].to_vec();
+    // An entry whose commands change no member is not published either.
+    rest.push(normal(
+        1,
+        7,
+        vec![Command::CloseSession {
+            client_id: "nobody".into(),
+        }],
+    ));
+    sm.apply(rest).await.unwrap();
+    assert_eq!(registry.index(), 7);
+    assert!(watch.has_changed().unwrap());
+    assert_eq!(*watch.borrow_and_update(), 7);
+
+    let mut got = Vec::new();
+    loop {
+        match rx.try_recv() {
+            Ok(FeedItem::Entry(e)) => got.push(e),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(TryRecvError::Empty) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let got_indexes: Vec<u64> = got.iter().map(|e| e.index).collect();
+    assert_eq!(got_indexes, [5, 6]);
+    let ids: Vec<&str> = got[0].changes.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["m1", "n1"]);
+    assert_eq!(got[1].changes[0].id, "m2");
+    assert!(got[1].changes[0].after.is_none());
+    assert_eq!(feed_indexes(&sm, 3), Some(vec![5, 6]));
+    assert_eq!(feed_indexes(&sm, 0), Some(vec![2, 3, 5, 6]));
+
+    // The changes in the feed, replayed, give the state.
+    let mut view = BTreeMap::new();
+    for entry in registry.read().feed.since(0).unwrap() {
+        for change in &entry.changes {
+            match &change.after {
+                Some(m) => view.insert(change.id.clone(), m.clone()),
+                None => view.remove(&change.id),
+            };
+        }
+    }
+    assert_eq!(view, registry.read().state.members);
+}
+
+#[tokio::test]
+async fn install_snapshot_resets_the_feed() {
+    let tmp_a = tempfile::tempdir().unwrap();
+    let tmp_b = tempfile::tempdir().unwrap();
+    let (_dir_a, _log_a, mut sm_a) = open(tmp_a.path());
+    let (_dir_b, _log_b, mut sm_b) = open(tmp_b.path());
+    sm_a.apply(script()).await.unwrap();
+    sm_b.apply(script()[..3].to_vec()).await.unwrap();
+    assert_eq!(feed_indexes(&sm_b, 0), Some(vec![2, 3]));
+
+    let registry = sm_b.registry();
+    let (_, mut rx) = registry.read_and_subscribe(|_| ());
+    let snap = sm_a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut received = sm_b.begin_receiving_snapshot().await.unwrap();
+    received.write_all(snap.snapshot.get_ref()).unwrap();
+    sm_b.install_snapshot(&snap.meta, received).await.unwrap();
+
+    assert!(matches!(rx.try_recv(), Ok(FeedItem::Reset(6))));
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    assert_eq!(feed_indexes(&sm_b, 0), None);
+    assert_eq!(feed_indexes(&sm_b, 6), Some(vec![]));
+
+    // Entries after the install reach the same receiver.
+    sm_b.apply(vec![normal(1, 7, vec![register("s1", 5, "m9")])])
+        .await
+        .unwrap();
+    match rx.try_recv() {
+        Ok(FeedItem::Entry(e)) => {
+            assert_eq!(e.index, 7);
+            assert_eq!(e.changes[0].id, "m9");
+        }
+        other => panic!("expected entry 7, got {other:?}"),
+    }
+}
