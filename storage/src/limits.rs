@@ -45,7 +45,7 @@ impl Default for Limits {
 }
 
 /// A refused field: which one and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct InvalidField {
     /// The field's name as the protocol spells it (`member.id`, `metadata["k"]`).

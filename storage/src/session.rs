@@ -38,6 +38,10 @@ pub struct Session {
     /// is applied once and answered the same way (Raft thesis §6.3). Entries
     /// below the client's `ack_below` are dropped.
     pub answers: BTreeMap<u64, CommandResult>,
+    /// Every write below this seq has been answered and acknowledged (or
+    /// its answer evicted): a late duplicate of one is refused, never
+    /// applied again. It only grows.
+    pub acked_below: u64,
 }
 
 impl Session {

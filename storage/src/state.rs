@@ -182,27 +182,37 @@ impl RegistryState {
         let Some(session) = self.sessions.get_mut(&origin.client_id) else {
             return Err(ApplyError::SessionNotFound(origin.client_id.clone()));
         };
+        if origin.ack_below > session.acked_below {
+            session.acked_below = origin.ack_below;
+            rec.session(&origin.client_id);
+        }
+        let floor = session.acked_below;
         let kept_before = session.answers.len();
-        session.answers.retain(|seq, _| *seq >= origin.ack_below);
+        session.answers.retain(|seq, _| *seq >= floor);
         if session.answers.len() != kept_before {
             rec.session(&origin.client_id);
         }
         if let Some(answer) = session.answers.get(&origin.seq) {
             return answer.clone();
         }
-        if origin.seq < origin.ack_below {
+        // The floor, not the request's own ack_below: a delayed duplicate
+        // carries the ack_below of its first attempt.
+        if origin.seq < floor {
             return Err(ApplyError::StaleRetry {
                 client_id: origin.client_id.clone(),
                 seq: origin.seq,
             });
         }
         let answer = write(self, rec);
-        // The write may have closed nothing, but the session is still there:
-        // writes never remove their own session.
+        // Writes never remove their own session, but stay defensive.
         if let Some(session) = self.sessions.get_mut(&origin.client_id) {
             session.answers.insert(origin.seq, answer.clone());
             while session.answers.len() > MAX_KEPT_ANSWERS {
-                session.answers.pop_first();
+                // An evicted answer can no longer be replayed: raise the
+                // floor past it so its retry is refused, not re-applied.
+                if let Some((seq, _)) = session.answers.pop_first() {
+                    session.acked_below = session.acked_below.max(seq + 1);
+                }
             }
             rec.session(&origin.client_id);
         }
@@ -235,6 +245,7 @@ impl RegistryState {
                     create_index: index,
                     members: BTreeSet::new(),
                     answers: BTreeMap::new(),
+                    acked_below: 0,
                 },
             );
             false

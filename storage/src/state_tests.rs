@@ -880,14 +880,13 @@ fn kept_answers_are_bounded() {
     assert_eq!(answers.keys().next_back(), Some(&n));
 }
 
-/// The Raft thesis (§6.3) rejects any request whose seq the client has
-/// already acknowledged. Here the check compares the seq with the
-/// `ack_below` carried by the same request, and a delayed duplicate carries
-/// the old `ack_below` of its first attempt: once a later write has
-/// acknowledged it (dropping its kept answer), the duplicate is applied a
-/// second time.
+/// Regression: the Raft thesis (§6.3) rejects any request whose seq the
+/// client has already acknowledged. The check once compared the seq with
+/// the `ack_below` carried by the same request; a delayed duplicate carries
+/// the old `ack_below` of its first attempt, so once a later write had
+/// acknowledged it, the duplicate was applied a second time. Sessions now
+/// keep a floor (`acked_below`) that only grows.
 #[test]
-#[ignore = "bug: a delayed duplicate of an acknowledged write is applied again (state.rs deduplicated compares seq with the request's own ack_below, not a per-session floor)"]
 fn a_delayed_duplicate_of_an_acknowledged_write_is_not_applied_again() {
     let mut state = RegistryState::default();
     ok(&mut state, 1, open("s1"));
