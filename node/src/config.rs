@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use fuddle_storage::{FeedConfig, Limits};
 
+use crate::membership::MembershipConfig;
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -22,6 +24,12 @@ pub struct Config {
     pub http_bind: Option<SocketAddr>,
     /// Gossip seeds. Empty: bootstrap a new cluster if the data dir is new.
     pub join: Vec<String>,
+    /// Keeps separate clusters on one network apart in gossip.
+    pub cluster_id: String,
+    /// Time between gossip rounds; failure detection scales with it.
+    pub gossip_interval: Duration,
+    /// Automatic membership: dead-node timeout, voter count.
+    pub membership: MembershipConfig,
     /// Limits on client input.
     pub limits: Limits,
     /// Session timeouts: defaults and the bounds a client may choose within.
@@ -112,6 +120,9 @@ impl Config {
             advertise: None,
             http_bind: None,
             join: Vec::new(),
+            cluster_id: crate::gossip::DEFAULT_CLUSTER_ID.to_string(),
+            gossip_interval: crate::gossip::DEFAULT_GOSSIP_INTERVAL,
+            membership: MembershipConfig::default(),
             limits: Limits::default(),
             sessions: SessionConfig::default(),
             raft: RaftTiming::default(),

@@ -9,7 +9,13 @@ use openraft::Raft;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio_util::sync::CancellationToken;
 
+use fuddle_proto::raft::RaftMessage;
+use fuddle_storage::codec::decode;
+
 use crate::config::Config;
+use crate::forward::ReadIndexReply;
+use crate::gossip::{Gossip, Liveness};
+use crate::peers::{Peers, current_leader, peer_error, wait_for_leader};
 use crate::error::NodeError;
 use crate::proposer::{Proposed, Proposer};
 use crate::sessions::Heartbeats;
@@ -17,6 +23,9 @@ use crate::status::{self, SelfInfo};
 
 /// How long a linearizable read may wait for the leader's confirmation.
 const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long cluster status waits for each other node's own answer.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A running node's shared parts.
 pub struct Core {
@@ -34,8 +43,12 @@ pub struct Core {
     pub registry: Arc<Registry>,
     /// Batches writes into log entries.
     pub proposer: Proposer,
+    /// Channels to other nodes.
+    pub peers: Arc<Peers>,
     /// Where session heartbeats go.
     pub heartbeats: Heartbeats,
+    /// Discovery and liveness of other nodes.
+    pub gossip: Arc<Gossip>,
     /// Cancelled when the node shuts down; long-lived streams watch it.
     pub shutdown: CancellationToken,
     /// When the node started, for uptime.
@@ -64,8 +77,33 @@ impl Core {
                 )));
             }
         }
-        match tokio::time::timeout(READ_BARRIER_TIMEOUT, self.raft.ensure_linearizable()).await {
+        let wanted = match current_leader(&self.raft) {
+            Some((leader, _)) if leader == self.id => self.leader_read_index().await?,
+            Some((leader, addr)) => self.remote_read_index(leader, &addr).await?,
+            None => match wait_for_leader(&self.raft, READ_BARRIER_TIMEOUT).await {
+                Some((leader, _)) if leader == self.id => self.leader_read_index().await?,
+                Some((leader, addr)) => self.remote_read_index(leader, &addr).await?,
+                None => return Err(NodeError::NoLeader),
+            },
+        };
+        // The leader confirmed `wanted` is committed; a read here is
+        // linearizable once this node has applied it.
+        let mut watch = self.registry.watch_index();
+        match tokio::time::timeout(READ_BARRIER_TIMEOUT, watch.wait_for(|i| *i >= wanted)).await {
             Ok(Ok(_)) => Ok(()),
+            _ => Err(NodeError::Behind {
+                applied: self.registry.index(),
+                wanted,
+            }),
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the
+    /// index up to which a read is linearizable (openraft's read index,
+    /// already applied here when this returns).
+    pub async fn leader_read_index(&self) -> Result<u64, NodeError> {
+        match tokio::time::timeout(READ_BARRIER_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(match (f.leader_id, f.leader_node) {
                     (Some(id), Some(node)) => NodeError::NotLeader {
@@ -74,14 +112,26 @@ impl Core {
                     _ => NodeError::NoLeader,
                 })
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                Err(NodeError::NoLeader)
-            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(NodeError::NoLeader),
             Ok(Err(RaftError::Fatal(e))) => Err(NodeError::Internal(format!("raft stopped: {e}"))),
             Err(_) => Err(NodeError::Timeout(
                 "waiting for the leader to confirm a linearizable read".into(),
             )),
         }
+    }
+
+    async fn remote_read_index(&self, leader: u64, addr: &str) -> Result<u64, NodeError> {
+        let mut request = tonic::Request::new(RaftMessage { data: Vec::new() });
+        request.set_timeout(READ_BARRIER_TIMEOUT);
+        let reply = self
+            .peers
+            .raft(leader, addr)?
+            .read_index(request)
+            .await
+            .map_err(|s| peer_error(leader, addr, s))?;
+        let reply: ReadIndexReply = decode(&reply.into_inner().data)
+            .map_err(|e| NodeError::Internal(format!("undecodable read index reply: {e}")))?;
+        reply.index
     }
 
     fn self_info(&self) -> SelfInfo<'_> {
@@ -94,15 +144,75 @@ impl Core {
         }
     }
 
-    /// The cluster as this node sees it.
-    pub fn cluster_status(&self) -> pb::ClusterStatusResponse {
+    /// The cluster as this node sees it, with each other node's own account
+    /// of its role and indexes (asked concurrently, briefly) and gossip's
+    /// view of its liveness.
+    pub async fn cluster_status(&self) -> pb::ClusterStatusResponse {
         let metrics = self.raft.metrics().borrow().clone();
-        status::cluster_status(&metrics, &self.self_info())
+        let mut status = status::cluster_status(&metrics, &self.self_info());
+        let asks = status.nodes.iter().filter(|n| n.id != self.id).map(|n| {
+            let (id, addr) = (n.id, n.addr.clone());
+            async move { (id, self.ask_node_status(id, &addr, PEER_STATUS_TIMEOUT).await) }
+        });
+        let answers: std::collections::HashMap<u64, Result<pb::NodeStatusResponse, NodeError>> =
+            futures::future::join_all(asks).await.into_iter().collect();
+        for node in &mut status.nodes {
+            if node.id == self.id {
+                continue;
+            }
+            node.liveness = match self.gossip.liveness(node.id) {
+                Liveness::Alive => "alive",
+                Liveness::Dead => "dead",
+                Liveness::Unknown => "unknown",
+            }
+            .to_string();
+            if let Some(Ok(answer)) = answers.get(&node.id)
+                && let Some(info) = &answer.node
+            {
+                node.role = info.role.clone();
+                node.last_log_index = info.last_log_index;
+                node.applied_index = info.applied_index;
+            } else {
+                node.role = "unreachable".to_string();
+            }
+        }
+        status
     }
 
-    /// This node in detail.
-    pub fn node_status(&self) -> pb::NodeStatusResponse {
-        let metrics = self.raft.metrics().borrow().clone();
-        status::node_status(&metrics, &self.self_info())
+    /// This node in detail, or another node's own answer.
+    pub async fn node_status(&self, node: u64) -> Result<pb::NodeStatusResponse, NodeError> {
+        if node == 0 || node == self.id {
+            let metrics = self.raft.metrics().borrow().clone();
+            return Ok(status::node_status(&metrics, &self.self_info()));
+        }
+        let addr = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .get_node(&node)
+                .map(|n| n.addr.clone())
+        };
+        let addr = match addr {
+            Some(a) => a,
+            None => self
+                .gossip
+                .live_nodes()
+                .into_iter()
+                .find(|p| p.node_id == node)
+                .map(|p| p.grpc_addr)
+                .ok_or_else(|| NodeError::UnknownNode(node))?,
+        };
+        self.ask_node_status(node, &addr, READ_BARRIER_TIMEOUT).await
+    }
+
+    async fn ask_node_status(&self, node: u64, addr: &str, timeout: Duration) -> Result<pb::NodeStatusResponse, NodeError> {
+        let mut request = tonic::Request::new(pb::NodeStatusRequest { node_id: 0 });
+        request.set_timeout(timeout);
+        let answer = tokio::time::timeout(timeout, self.peers.registry(node, addr)?.node_status(request))
+            .await
+            .map_err(|_| NodeError::Timeout(format!("waiting for node {node} at {addr}")))?
+            .map_err(|s| peer_error(node, addr, s))?;
+        Ok(answer.into_inner())
     }
 }

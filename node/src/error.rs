@@ -3,8 +3,9 @@
 use fuddle_storage::{ApplyError, InvalidField};
 use tonic::{Code, Status};
 
-/// Why a request failed.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Why a request failed. Serializable because a leader answers forwarded
+/// writes with it.
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum NodeError {
     /// A field of the request is invalid.
     #[error("{0}")]
@@ -43,6 +44,19 @@ pub enum NodeError {
         /// The index the request needs.
         wanted: u64,
     },
+    /// No node with this id is known.
+    #[error("node {0} is not a member of this cluster and not seen by gossip")]
+    UnknownNode(u64),
+    /// Another node could not be reached.
+    #[error("cannot reach node {node} at {addr}: {reason}")]
+    Unreachable {
+        /// The node.
+        node: u64,
+        /// Its address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
     /// A broken invariant or a storage failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -60,11 +74,12 @@ impl NodeError {
                 ApplyError::StaleRetry { .. } => Code::FailedPrecondition,
                 ApplyError::Invalid(_) => Code::FailedPrecondition,
             },
-            NodeError::NotFound(_) => Code::NotFound,
+            NodeError::NotFound(_) | NodeError::UnknownNode(_) => Code::NotFound,
             NodeError::NotLeader { .. }
             | NodeError::NoLeader
             | NodeError::ShuttingDown
             | NodeError::Behind { .. }
+            | NodeError::Unreachable { .. }
             | NodeError::Timeout(_) => Code::Unavailable,
             NodeError::Internal(_) => Code::Internal,
         }

@@ -23,6 +23,13 @@ struct Args {
     /// Gossip seeds of an existing cluster (HOST:PORT, comma-separated).
     #[arg(long, value_delimiter = ',')]
     join: Vec<String>,
+    /// Remove a node from the Raft membership after gossip has not seen it
+    /// alive for this long.
+    #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
+    dead_node_timeout: std::time::Duration,
+    /// Gossip accepts only nodes with the same cluster id.
+    #[arg(long, default_value = "fuddle")]
+    cluster_id: String,
     /// HTTP address for health and metrics.
     #[arg(long, default_value = "127.0.0.1:8221")]
     http_bind: SocketAddr,
@@ -47,6 +54,8 @@ fn main() -> ExitCode {
     config.bind = args.bind;
     config.advertise = args.advertise;
     config.join = args.join;
+    config.membership.dead_node_timeout = args.dead_node_timeout;
+    config.cluster_id = args.cluster_id;
     config.http_bind = Some(args.http_bind);
     config.sessions.min_heartbeat_timeout = args.min_heartbeat_timeout;
     config.sessions.min_reconnect_timeout = args.min_reconnect_timeout;

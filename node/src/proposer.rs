@@ -1,33 +1,64 @@
-//! Proposing client commands through Raft, many at a time.
+//! Proposing client commands through Raft, many at a time, from any node.
 //!
 //! Commands queue here; a loop takes every command waiting (up to
-//! `max_batch`) into one log entry stamped with the leader's clock, so that
-//! one Raft round and one disk flush serve many clients (group commit).
-//! Several entries may be in flight at once, so a slow flush does not stop
-//! the next batch from forming.
+//! `max_batch`) into one batch. On the leader a batch becomes one log entry
+//! stamped with the leader's clock, so that one Raft round and one disk
+//! flush serve many clients (group commit). On a follower the batch is
+//! forwarded to the leader in one call. Several batches may be in flight at
+//! once, so a slow flush does not stop the next batch from forming.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fuddle_proto::raft::RaftMessage;
+use fuddle_storage::codec::{decode, encode};
 use fuddle_storage::{Command, CommandResult, Request, TypeConfig};
 use openraft::Raft;
 use openraft::error::{ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::error::NodeError;
+use crate::forward::{ForwardBatch, ForwardReply};
+use crate::peers::{FORWARD_TIMEOUT, Peers, current_leader, peer_error, wait_for_leader};
 
-/// How many log entries may be proposed and not yet applied at once.
+/// How many batches may be proposed and not yet answered at once.
 const MAX_IN_FLIGHT: usize = 16;
 
-/// How long a proposal may take before the client is told to retry.
+/// How long a batch may take in all before its clients are told to retry.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a write waits for a leader to be elected before failing.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
 
 /// A command's outcome and the index of the entry that applied it.
 pub type Proposed = Result<(CommandResult, u64), NodeError>;
 
+/// Where a command may be proposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Route {
+    /// Here if this node leads, else forwarded to the leader.
+    Anywhere,
+    /// Only here: the command was forwarded once already, and forwarding
+    /// it again could bounce it between nodes during a leader change.
+    LocalOnly,
+}
+
 struct Pending {
     command: Command,
+    route: Route,
     reply: oneshot::Sender<Proposed>,
+}
+
+/// What the batch tasks share.
+struct Ctx {
+    /// This node.
+    node_id: u64,
+    /// The local Raft.
+    raft: Raft<TypeConfig>,
+    /// Channels to the leader when it is another node.
+    peers: Arc<Peers>,
 }
 
 /// The handle to queue commands for proposal.
@@ -39,17 +70,33 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the batching loop; it ends when every handle is dropped.
-    pub fn start(raft: Raft<TypeConfig>, max_batch: usize) -> Proposer {
+    pub fn start(node_id: u64, raft: Raft<TypeConfig>, peers: Arc<Peers>, max_batch: usize) -> Proposer {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
-        tokio::spawn(run(raft, rx, max_batch.max(1)));
+        let ctx = Arc::new(Ctx { node_id, raft, peers });
+        tokio::spawn(run(ctx, rx, max_batch.max(1)));
         Proposer { tx }
     }
 
-    /// Proposes one command and waits until it is committed and applied.
+    /// Proposes one command (forwarding it to the leader if need be) and
+    /// waits until it is committed and applied.
     pub async fn propose(&self, command: Command) -> Proposed {
+        self.submit(command, Route::Anywhere).await
+    }
+
+    /// Proposes a command forwarded by another node: only this node may
+    /// propose it, and if it is not the leader the caller hears so.
+    pub async fn propose_local(&self, command: Command) -> Proposed {
+        self.submit(command, Route::LocalOnly).await
+    }
+
+    async fn submit(&self, command: Command, route: Route) -> Proposed {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Pending { command, reply })
+            .send(Pending {
+                command,
+                route,
+                reply,
+            })
             .await
             .map_err(|_| NodeError::ShuttingDown)?;
         rx.await.map_err(|_| NodeError::ShuttingDown)?
@@ -63,7 +110,7 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
+async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -77,61 +124,142 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>, max_batch:
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            let (commands, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-            let request = Request {
-                now_ms: now_ms(),
-                commands,
-            };
-            let outcome = tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(request)).await;
+            let (commands, routes, replies) = split(batch);
+            let results = submit_batch(&ctx, commands, &routes).await;
             drop(permit);
-            match outcome {
-                Ok(Ok(response)) => {
-                    let index = response.log_id.index;
-                    let mut results = response.data.results.into_iter();
-                    for reply in replies {
-                        let result = results.next().ok_or_else(|| {
-                            NodeError::Internal("apply answered fewer results than commands".into())
-                        });
-                        let _ = reply.send(result.map(|r| (r, index)));
-                    }
-                }
-                Ok(Err(e)) => {
-                    let e = write_error(e);
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-                Err(_) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(NodeError::Timeout(
-                            "waiting for the write to commit; it may still be applied".into(),
-                        )));
-                    }
-                }
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
             }
         });
     }
 }
 
+fn split(batch: Vec<Pending>) -> (Vec<Command>, Vec<Route>, Vec<oneshot::Sender<Proposed>>) {
+    let mut commands = Vec::with_capacity(batch.len());
+    let mut routes = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    for p in batch {
+        commands.push(p.command);
+        routes.push(p.route);
+        replies.push(p.reply);
+    }
+    (commands, routes, replies)
+}
+
+/// Proposes a batch here or forwards it; always one result per command.
+async fn submit_batch(ctx: &Ctx, commands: Vec<Command>, routes: &[Route]) -> Vec<Proposed> {
+    let n = commands.len();
+    let deadline = Instant::now() + PROPOSE_TIMEOUT;
+    loop {
+        let leader = match current_leader(&ctx.raft) {
+            Some(l) => l,
+            None => match wait_for_leader(&ctx.raft, LEADER_WAIT.min(deadline - Instant::now())).await {
+                Some(l) => l,
+                None => return vec![Err(NodeError::NoLeader); n],
+            },
+        };
+        if leader.0 == ctx.node_id {
+            let request = Request {
+                now_ms: now_ms(),
+                commands: commands.clone(),
+            };
+            let written = tokio::time::timeout_at(deadline, ctx.raft.client_write(request)).await;
+            return match written {
+                Ok(Ok(response)) => {
+                    let index = response.log_id.index;
+                    let mut results: Vec<Proposed> = response
+                        .data
+                        .results
+                        .into_iter()
+                        .map(|r| Ok((r, index)))
+                        .collect();
+                    results.resize_with(n, || {
+                        Err(NodeError::Internal("apply answered fewer results than commands".into()))
+                    });
+                    results
+                }
+                // Leadership moved while the entry was being proposed (it
+                // was not appended): try again with the new leader.
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                Ok(Err(e)) => vec![Err(write_error(e)); n],
+                Err(_) => vec![
+                    Err(NodeError::Timeout(
+                        "waiting for the write to commit; it may still be applied".into()
+                    ));
+                    n
+                ],
+            };
+        }
+        return forward(ctx, leader, commands, routes).await;
+    }
+}
+
+/// Sends the forwardable commands of a batch to the leader.
+async fn forward(ctx: &Ctx, (leader, addr): (u64, String), commands: Vec<Command>, routes: &[Route]) -> Vec<Proposed> {
+    let not_leader = NodeError::NotLeader {
+        leader: Some((leader, addr.clone())),
+    };
+    let mut results: Vec<Option<Proposed>> = routes
+        .iter()
+        .map(|r| (*r == Route::LocalOnly).then(|| Err(not_leader.clone())))
+        .collect();
+    let to_send: Vec<Command> = commands
+        .into_iter()
+        .zip(routes)
+        .filter(|(_, r)| **r == Route::Anywhere)
+        .map(|(c, _)| c)
+        .collect();
+    let sent = to_send.len();
+    let answers = if sent == 0 {
+        Vec::new()
+    } else {
+        match forward_call(ctx, leader, &addr, to_send).await {
+            Ok(reply) => reply.results,
+            Err(e) => vec![Err(e); sent],
+        }
+    };
+    let mut answers = answers.into_iter();
+    results
+        .iter_mut()
+        .map(|slot| {
+            slot.take().unwrap_or_else(|| {
+                answers
+                    .next()
+                    .unwrap_or_else(|| Err(NodeError::Internal("the leader answered too few results".into())))
+            })
+        })
+        .collect()
+}
+
+async fn forward_call(ctx: &Ctx, leader: u64, addr: &str, commands: Vec<Command>) -> Result<ForwardReply, NodeError> {
+    let data = encode(&ForwardBatch { commands }).map_err(|e| NodeError::Internal(e.to_string()))?;
+    let mut client = ctx.peers.raft(leader, addr)?;
+    let mut request = tonic::Request::new(RaftMessage { data });
+    request.set_timeout(FORWARD_TIMEOUT);
+    let reply = client
+        .forward(request)
+        .await
+        .map_err(|s| peer_error(leader, addr, s))?;
+    decode(&reply.into_inner().data).map_err(|e| NodeError::Internal(format!("undecodable forward reply: {e}")))
+}
+
 /// Maps openraft's write errors to the node's.
-pub fn write_error(
-    e: RaftError<u64, ClientWriteError<u64, fuddle_storage::NodeAddr>>,
-) -> NodeError {
+pub fn write_error(e: RaftError<u64, ClientWriteError<u64, fuddle_storage::NodeAddr>>) -> NodeError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            match (f.leader_id, f.leader_node) {
-                (Some(id), Some(node)) => NodeError::NotLeader {
-                    leader: Some((id, node.addr)),
-                },
-                _ => NodeError::NoLeader,
-            }
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            NodeError::Internal(e.to_string())
-        }
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match (f.leader_id, f.leader_node) {
+            (Some(id), Some(node)) => NodeError::NotLeader {
+                leader: Some((id, node.addr)),
+            },
+            _ => NodeError::NoLeader,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => NodeError::Internal(e.to_string()),
         RaftError::Fatal(e) => NodeError::Internal(format!("raft stopped: {e}")),
     }
 }

@@ -1,76 +1,80 @@
-//! The server side of the internal Raft service.
+//! The server side of the internal service: Raft messages from peers, and
+//! what followers forward to the leader.
+
+use std::sync::Arc;
 
 use fuddle_proto::raft::RaftMessage;
 use fuddle_proto::raft::raft_server::Raft as RaftRpc;
-use fuddle_storage::TypeConfig;
 use fuddle_storage::codec::{decode, encode};
-use openraft::Raft;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
-/// Hands peers' Raft messages to the local Raft.
+use crate::core::Core;
+use crate::forward::{ForwardBatch, ForwardReply, HeartbeatBatch, ReadIndexReply};
+
+/// Serves peers from a node's core.
 pub struct RaftService {
-    /// The local Raft.
-    raft: Raft<TypeConfig>,
+    /// The node.
+    core: Arc<Core>,
 }
 
 impl RaftService {
-    /// A service for `raft`.
-    pub fn new(raft: Raft<TypeConfig>) -> RaftService {
-        RaftService { raft }
+    /// A service for `core`.
+    pub fn new(core: Arc<Core>) -> RaftService {
+        RaftService { core }
     }
 }
 
 fn decode_request<T: DeserializeOwned>(request: Request<RaftMessage>) -> Result<T, Status> {
     decode(&request.into_inner().data)
-        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+        .map_err(|e| Status::invalid_argument(format!("undecodable internal message: {e}")))
 }
 
 fn encode_reply<T: Serialize>(reply: &T) -> Result<Response<RaftMessage>, Status> {
     encode(reply)
         .map(|data| Response::new(RaftMessage { data }))
-        .map_err(|e| Status::internal(format!("cannot encode raft reply: {e}")))
+        .map_err(|e| Status::internal(format!("cannot encode internal reply: {e}")))
 }
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = decode_request(request)?;
-        encode_reply(&self.raft.append_entries(rpc).await)
+        encode_reply(&self.core.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = decode_request(request)?;
-        encode_reply(&self.raft.vote(rpc).await)
+        encode_reply(&self.core.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = decode_request(request)?;
-        encode_reply(&self.raft.install_snapshot(rpc).await)
+        encode_reply(&self.core.raft.install_snapshot(rpc).await)
     }
 
-    async fn forward(
-        &self,
-        _request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        Err(Status::unimplemented(
-            "forwarding to the leader is not built yet",
-        ))
+    async fn forward(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let batch: ForwardBatch = decode_request(request)?;
+        let proposals = batch
+            .commands
+            .into_iter()
+            .map(|command| self.core.proposer.propose_local(command));
+        // Proposed together, they share the leader's next batch.
+        let results = futures::future::join_all(proposals).await;
+        encode_reply(&ForwardReply { results })
     }
 
-    async fn forward_heartbeats(
-        &self,
-        _request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        Err(Status::unimplemented(
-            "forwarding heartbeats is not built yet",
-        ))
+    async fn forward_heartbeats(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let batch: HeartbeatBatch = decode_request(request)?;
+        self.core
+            .heartbeats
+            .record_at_leader(batch.client_ids.iter().map(String::as_str));
+        encode_reply(&())
+    }
+
+    async fn read_index(&self, _request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let index = self.core.leader_read_index().await;
+        encode_reply(&ReadIndexReply { index })
     }
 }

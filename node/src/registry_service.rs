@@ -412,7 +412,7 @@ impl RegistryRpc for RegistryService {
         &self,
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        Ok(Response::new(self.core.cluster_status()))
+        Ok(Response::new(self.core.cluster_status().await))
     }
 
     async fn node_status(
@@ -420,13 +420,6 @@ impl RegistryRpc for RegistryService {
         request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         let wanted = request.into_inner().node_id;
-        if wanted != 0 && wanted != self.core.id {
-            return Err(NodeError::BadRequest(format!(
-                "node_id: this node is {}; ask node {wanted} directly (see cluster status for its address)",
-                self.core.id
-            ))
-            .into());
-        }
-        Ok(Response::new(self.core.node_status()))
+        Ok(Response::new(self.core.node_status(wanted).await?))
     }
 }

@@ -18,7 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::core::Core;
+use crate::gossip::{Gossip, GossipConfig, GossipError};
+use crate::membership;
 use crate::network::Network;
+use crate::peers::Peers;
 use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
 use crate::registry_service::RegistryService;
@@ -44,6 +47,9 @@ pub enum StartError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// Gossip could not start.
+    #[error(transparent)]
+    Gossip(#[from] GossipError),
     /// Raft refused to start.
     #[error("raft failed to start: {0}")]
     Raft(String),
@@ -79,6 +85,39 @@ fn open_data_dir(config: &Config) -> Result<(DataDir, u64, bool), StartError> {
             Ok((dir, id, true))
         }
     }
+}
+
+/// Starts gossip on UDP at the gRPC port number, advertising this node's
+/// id and addresses to the seeds given by `--join`.
+async fn start_gossip(
+    config: &Config,
+    id: u64,
+    local_addr: SocketAddr,
+    addr: &str,
+    http_addr: &str,
+) -> Result<Gossip, StartError> {
+    let advertise_gossip_addr = match &config.advertise {
+        Some(a) => tokio::net::lookup_host(a.as_str())
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| StartError::Config(format!("--advertise {a}: not a resolvable host:port")))?,
+        None => local_addr,
+    };
+    let mut gossip = GossipConfig::new(id, local_addr);
+    gossip.advertise_gossip_addr = advertise_gossip_addr;
+    gossip.grpc_addr = addr.to_string();
+    gossip.http_addr = http_addr.to_string();
+    gossip.seeds = config.join.clone();
+    gossip.cluster_id = config.cluster_id.clone();
+    gossip.gossip_interval = config.gossip_interval;
+    gossip.failure_detector_initial_interval = config.gossip_interval * 2;
+    // chitchat must remember a dead node longer than the dead-node timeout,
+    // or the timeout could never fire.
+    gossip.dead_node_grace_period = gossip
+        .dead_node_grace_period
+        .max(config.membership.dead_node_timeout * 2);
+    Ok(Gossip::start(gossip).await?)
 }
 
 fn raft_config(config: &Config) -> Result<openraft::Config, StartError> {
@@ -121,6 +160,7 @@ impl Node {
             .unwrap_or_else(|| local_addr.to_string());
         let http_addr = config.http_bind.map(|a| a.to_string()).unwrap_or_default();
 
+        let gossip = Arc::new(start_gossip(&config, id, local_addr, &addr, &http_addr).await?);
         let (log_store, sm) =
             open_stores(&dir, config.feed).map_err(|e| StartError::Storage(e.to_string()))?;
         let registry = sm.registry();
@@ -145,8 +185,10 @@ impl Node {
 
         let shutdown = CancellationToken::new();
         let config = Arc::new(config);
-        let proposer = Proposer::start(raft.clone(), config.max_batch);
+        let peers = Arc::new(Peers::default());
+        let proposer = Proposer::start(id, raft.clone(), peers.clone(), config.max_batch);
         let clock = Arc::new(Mutex::new(SessionClock::new(Instant::now())));
+        let heartbeats = Heartbeats::new(id, raft.clone(), clock.clone());
         let core = Arc::new(Core {
             id,
             addr,
@@ -155,7 +197,9 @@ impl Node {
             raft: raft.clone(),
             registry: registry.clone(),
             proposer: proposer.clone(),
-            heartbeats: Heartbeats::new(clock.clone()),
+            peers: peers.clone(),
+            heartbeats: heartbeats.clone(),
+            gossip: gossip.clone(),
             shutdown: shutdown.clone(),
             started,
         });
@@ -170,10 +214,23 @@ impl Node {
             config.sessions,
             shutdown.clone(),
         ));
+        tasks.spawn(membership::run(
+            id,
+            raft.clone(),
+            gossip.clone(),
+            config.membership,
+            shutdown.clone(),
+        ));
+        tasks.spawn(sessions::run_heartbeat_forwarder(
+            heartbeats,
+            peers,
+            config.sessions.tick,
+            shutdown.clone(),
+        ));
         let registry_service = RegistryServer::new(RegistryService::new(core.clone()))
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(usize::MAX);
-        let raft_service = RaftServer::new(RaftService::new(raft))
+        let raft_service = RaftServer::new(RaftService::new(core.clone()))
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let serve_shutdown = shutdown.clone();
@@ -219,6 +276,11 @@ impl Node {
         self.tasks.abort_all();
         if let Err(e) = self.core.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
+        }
+        // Close the UDP socket so the port can be bound again at once.
+        match Arc::try_unwrap(self.core.gossip.clone()) {
+            Ok(gossip) => gossip.shutdown().await,
+            Err(_) => tracing::debug!("gossip still referenced; it stops when dropped"),
         }
     }
 }

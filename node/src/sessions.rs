@@ -11,7 +11,7 @@
 //! [`SessionClock`] is the pure core (time is passed in); [`run_ticker`] is
 //! the thin async loop around it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,13 @@ use fuddle_storage::{Command, Registry, TypeConfig};
 use openraft::Raft;
 use tokio_util::sync::CancellationToken;
 
+use fuddle_proto::raft::RaftMessage;
+use fuddle_storage::codec::encode;
+
 use crate::config::SessionConfig;
+use crate::error::NodeError;
+use crate::forward::HeartbeatBatch;
+use crate::peers::{Peers, current_leader, peer_error};
 use crate::proposer::Proposer;
 
 /// What the clock needs to know of a session from the replicated state.
@@ -159,27 +165,119 @@ impl SessionClock {
     }
 }
 
-/// Where heartbeats go on this node.
+/// Where heartbeats go on this node: the clock, while this node leads;
+/// otherwise a set that [`run_heartbeat_forwarder`] sends to the leader in
+/// batches.
 #[derive(Clone)]
 pub struct Heartbeats {
+    /// This node.
+    node_id: u64,
+    /// The local Raft, to know who leads.
+    raft: Raft<TypeConfig>,
     /// The leader's clock (only consulted while this node leads).
     clock: Arc<Mutex<SessionClock>>,
+    /// Sessions heard from since the last batch sent to the leader.
+    pending: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Heartbeats {
     /// A heartbeat sink around a clock.
-    pub fn new(clock: Arc<Mutex<SessionClock>>) -> Heartbeats {
-        Heartbeats { clock }
+    pub fn new(node_id: u64, raft: Raft<TypeConfig>, clock: Arc<Mutex<SessionClock>>) -> Heartbeats {
+        Heartbeats {
+            node_id,
+            raft,
+            clock,
+            pending: Arc::default(),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id)
     }
 
     /// Records heartbeats from these sessions.
     pub fn record<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        if self.is_leader() {
+            self.record_at_leader(ids);
+        } else {
+            let mut pending = self.pending.lock().expect("heartbeats poisoned");
+            for id in ids {
+                if !pending.contains(id) {
+                    pending.insert(id.to_string());
+                }
+            }
+        }
+    }
+
+    /// Records heartbeats in the leader's clock (this node's own, or
+    /// forwarded by a follower).
+    pub fn record_at_leader<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         let now = Instant::now();
         let mut clock = self.clock.lock().expect("session clock poisoned");
         for id in ids {
             clock.heartbeat(id, now);
         }
     }
+
+    fn take_pending(&self) -> Vec<String> {
+        let mut pending = self.pending.lock().expect("heartbeats poisoned");
+        pending.drain().collect()
+    }
+
+    fn put_back(&self, ids: Vec<String>) {
+        let mut pending = self.pending.lock().expect("heartbeats poisoned");
+        pending.extend(ids);
+    }
+}
+
+/// Sends heartbeats received by this follower to the leader, in batches,
+/// every `interval`, until `shutdown`.
+pub async fn run_heartbeat_forwarder(
+    heartbeats: Heartbeats,
+    peers: Arc<Peers>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let ids = heartbeats.take_pending();
+        if ids.is_empty() {
+            continue;
+        }
+        match current_leader(&heartbeats.raft) {
+            Some((leader, _)) if leader == heartbeats.node_id => {
+                heartbeats.record_at_leader(ids.iter().map(String::as_str));
+            }
+            Some((leader, addr)) => {
+                if let Err(e) = send_heartbeats(&peers, leader, &addr, &ids).await {
+                    tracing::debug!("heartbeats not forwarded to node {leader}: {e}");
+                    // A heartbeat is idempotent: keep it for the next batch.
+                    heartbeats.put_back(ids);
+                }
+            }
+            None => heartbeats.put_back(ids),
+        }
+    }
+}
+
+async fn send_heartbeats(peers: &Peers, leader: u64, addr: &str, ids: &[String]) -> Result<(), NodeError> {
+    let data = encode(&HeartbeatBatch {
+        client_ids: ids.to_vec(),
+    })
+    .map_err(|e| NodeError::Internal(e.to_string()))?;
+    let mut request = tonic::Request::new(RaftMessage { data });
+    request.set_timeout(Duration::from_secs(2));
+    peers
+        .raft(leader, addr)?
+        .forward_heartbeats(request)
+        .await
+        .map_err(|s| peer_error(leader, addr, s))?;
+    Ok(())
 }
 
 /// Runs the leader's session checks until `shutdown`.

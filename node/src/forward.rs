@@ -1,0 +1,37 @@
+//! What followers send the leader over the internal service: batches of
+//! client commands, batches of heartbeats, and read-index questions.
+
+use fuddle_storage::Command;
+use serde::{Deserialize, Serialize};
+
+use crate::proposer::Proposed;
+
+/// A follower's batch of commands for the leader to propose. The leader
+/// stamps the time; a follower's clock never reaches the log.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardBatch {
+    /// The commands, answered in order.
+    pub commands: Vec<Command>,
+}
+
+/// The leader's answers to a [`ForwardBatch`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardReply {
+    /// One per command.
+    pub results: Vec<Proposed>,
+}
+
+/// Sessions heard from by a follower since its last batch.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HeartbeatBatch {
+    /// Session ids.
+    pub client_ids: Vec<String>,
+}
+
+/// The leader's answer to a read-index question: once the asking node has
+/// applied this index, a read from its state is linearizable.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReadIndexReply {
+    /// The index, or why there is none.
+    pub index: Result<u64, crate::error::NodeError>,
+}

@@ -1,0 +1,267 @@
+//! Three real nodes in process (real sled, real tonic and gossip on
+//! 127.0.0.1), forming a cluster by `join` alone.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fuddle_node::{Config, Node};
+use fuddle_proto::registry as pb;
+use fuddle_proto::registry::registry_client::RegistryClient;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn config(dir: &std::path::Path, join: Vec<String>) -> Config {
+    let mut c = Config::new(dir);
+    c.bind = "127.0.0.1:0".parse().unwrap();
+    c.join = join;
+    c.raft.heartbeat_interval = Duration::from_millis(100);
+    c.raft.election_timeout_min = Duration::from_millis(500);
+    c.raft.election_timeout_max = Duration::from_millis(1000);
+    c.gossip_interval = Duration::from_millis(100);
+    c.membership.check_interval = Duration::from_millis(200);
+    c.membership.dead_node_timeout = Duration::from_secs(600);
+    c.sessions.min_heartbeat_timeout = Duration::from_millis(200);
+    c.sessions.tick = Duration::from_millis(50);
+    c.cache_bytes = 8 << 20;
+    c
+}
+
+async fn client(addr: std::net::SocketAddr) -> RegistryClient<Channel> {
+    RegistryClient::connect(format!("http://{addr}")).await.unwrap()
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn status(c: &mut RegistryClient<Channel>) -> pb::ClusterStatusResponse {
+    c.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner()
+}
+
+fn voters(s: &pb::ClusterStatusResponse) -> BTreeSet<u64> {
+    s.nodes.iter().filter(|n| n.voter).map(|n| n.id).collect()
+}
+
+struct Cluster {
+    _dirs: Vec<tempfile::TempDir>,
+    nodes: Vec<Option<Node>>,
+}
+
+async fn three_nodes() -> Cluster {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let first = Node::start(config(dirs[0].path(), vec![])).await.unwrap();
+    let seed = first.local_addr.to_string();
+    let second = Node::start(config(dirs[1].path(), vec![seed.clone()])).await.unwrap();
+    let third = Node::start(config(dirs[2].path(), vec![seed])).await.unwrap();
+    let cluster = Cluster {
+        _dirs: dirs,
+        nodes: vec![Some(first), Some(second), Some(third)],
+    };
+    let mut c = client(cluster.node(0).local_addr).await;
+    let ids: BTreeSet<u64> = cluster.nodes.iter().flatten().map(|n| n.core.id).collect();
+    eventually("three voters", || {
+        let mut c = c.clone();
+        let ids = ids.clone();
+        async move { voters(&status(&mut c).await) == ids }
+    })
+    .await;
+    let _ = status(&mut c).await;
+    cluster
+}
+
+impl Cluster {
+    fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().unwrap()
+    }
+
+    fn leader_index(&self) -> Option<usize> {
+        self.nodes.iter().position(|n| {
+            n.as_ref()
+                .is_some_and(|n| n.core.raft.metrics().borrow().current_leader == Some(n.core.id))
+        })
+    }
+
+    async fn shutdown(self) {
+        for node in self.nodes.into_iter().flatten() {
+            node.shutdown().await;
+        }
+    }
+}
+
+fn member(id: &str) -> pb::Member {
+    pb::Member {
+        id: id.into(),
+        service: "svc".into(),
+        ..Default::default()
+    }
+}
+
+async fn open_session(c: &mut RegistryClient<Channel>, hb_ms: u64) -> (String, mpsc::Sender<pb::SessionRequest>, tonic::Streaming<pb::SessionResponse>) {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(pb::SessionRequest {
+        kind: Some(pb::session_request::Kind::Open(pb::OpenSession {
+            client_id: String::new(),
+            heartbeat_timeout_ms: hb_ms,
+            reconnect_timeout_ms: 60_000,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut responses = c.session(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let Some(pb::session_response::Kind::Opened(opened)) = responses.message().await.unwrap().unwrap().kind else {
+        panic!("expected opened");
+    };
+    (opened.client_id, tx, responses)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_forwards_writes_and_serves_reads_and_subscriptions() {
+    let cluster = three_nodes().await;
+    let leader = cluster.leader_index().expect("a leader");
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let mut fc = client(cluster.node(follower).local_addr).await;
+    let mut oc = client(cluster.node(other).local_addr).await;
+
+    let mut on_other = oc.subscribe(pb::SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut on_follower = fc.subscribe(pb::SubscribeRequest::default()).await.unwrap().into_inner();
+
+    let (client_id, _hb, _responses) = open_session(&mut fc, 10_000).await;
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let r = fc
+            .register(pb::RegisterRequest {
+                origin: Some(pb::WriteOrigin {
+                    client_id: client_id.clone(),
+                    seq: i + 1,
+                    ack_below: i + 1,
+                }),
+                member: Some(member(&format!("m-{i}"))),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        acked.push(r.index);
+        // A linearizable read on another follower sees the write at once.
+        let got = oc
+            .get_member(pb::GetMemberRequest {
+                id: format!("m-{i}"),
+                consistency: pb::Consistency::Linearizable as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(got.index >= r.index);
+    }
+
+    // Both followers' subscribers see exactly the same sequence.
+    async fn collect(stream: &mut tonic::Streaming<pb::SubscribeResponse>, n: usize) -> Vec<(u64, String)> {
+        let mut seen = Vec::new();
+        while seen.len() < n {
+            let msg = tokio::time::timeout(DEADLINE, stream.next()).await.unwrap().unwrap().unwrap();
+            if let Some(pb::subscribe_response::Kind::Events(e)) = msg.kind {
+                for ch in e.changes {
+                    if let Some(pb::change::Kind::Upsert(m)) = ch.kind {
+                        seen.push((e.index, m.id));
+                    }
+                }
+            }
+        }
+        seen
+    }
+    let a = collect(&mut on_follower, 20).await;
+    let b = collect(&mut on_other, 20).await;
+    assert_eq!(a, b);
+    assert_eq!(a.iter().map(|(i, _)| *i).collect::<Vec<_>>(), acked);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_through_a_follower_survive_a_leader_change() {
+    let mut cluster = three_nodes().await;
+    let leader = cluster.leader_index().expect("a leader");
+    let follower = (leader + 1) % 3;
+    let mut fc = client(cluster.node(follower).local_addr).await;
+    let (client_id, hb, _responses) = open_session(&mut fc, 1500).await;
+    fc.register(pb::RegisterRequest {
+        origin: Some(pb::WriteOrigin {
+            client_id: client_id.clone(),
+            seq: 1,
+            ack_below: 1,
+        }),
+        member: Some(member("alive")),
+    })
+    .await
+    .unwrap();
+    let beat = {
+        let hb = hb.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = pb::SessionRequest {
+                    kind: Some(pb::session_request::Kind::Heartbeat(pb::Heartbeat {})),
+                };
+                if hb.send(msg).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    // Stay up for a few heartbeat timeouts, then lose the leader.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let old = cluster.nodes[leader].take().unwrap();
+    let old_id = old.core.id;
+    old.shutdown().await;
+    eventually("a new leader", || {
+        let mut fc = fc.clone();
+        async move {
+            let s = status(&mut fc).await;
+            s.leader != 0 && s.leader != old_id
+        }
+    })
+    .await;
+    // Writes resume through the follower.
+    let mut fc2 = fc.clone();
+    eventually("a write after the leader change", || {
+        let mut fc2 = fc2.clone();
+        let client_id = client_id.clone();
+        async move {
+            fc2.register(pb::RegisterRequest {
+                origin: Some(pb::WriteOrigin {
+                    client_id,
+                    seq: 2,
+                    ack_below: 2,
+                }),
+                member: Some(member("after")),
+            })
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let members = fc2
+        .list_members(pb::ListMembersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    for m in &members {
+        assert_eq!(m.status, pb::MemberStatus::Up as i32, "{m:?} went down");
+    }
+    assert_eq!(members.len(), 2);
+    beat.abort();
+    cluster.shutdown().await;
+}

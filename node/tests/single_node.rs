@@ -1,0 +1,362 @@
+//! One real node in process (real sled in a temp dir, real tonic on
+//! 127.0.0.1 port 0), driven through the generated gRPC client.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fuddle_node::{Config, Node};
+use fuddle_proto::registry as pb;
+use fuddle_proto::registry::registry_client::RegistryClient;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+/// Generous: tests wait on conditions, never on speed.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut c = Config::new(dir);
+    c.bind = "127.0.0.1:0".parse().unwrap();
+    c.raft.election_timeout_min = Duration::from_millis(300);
+    c.raft.election_timeout_max = Duration::from_millis(600);
+    c.raft.heartbeat_interval = Duration::from_millis(100);
+    c.sessions.min_heartbeat_timeout = Duration::from_millis(200);
+    c.sessions.min_reconnect_timeout = Duration::from_millis(200);
+    c.sessions.tick = Duration::from_millis(50);
+    c.cache_bytes = 8 << 20;
+    c
+}
+
+async fn client(node: &Node) -> RegistryClient<Channel> {
+    RegistryClient::connect(format!("http://{}", node.local_addr))
+        .await
+        .unwrap()
+}
+
+/// Waits until the node has a leader, so writes do not race the election.
+async fn ready(c: &mut RegistryClient<Channel>) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let s = c
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if s.leader != 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An open session stream; dropping `heartbeats` stops it.
+struct TestSession {
+    client_id: String,
+    heartbeats: mpsc::Sender<pb::SessionRequest>,
+    _responses: tonic::Streaming<pb::SessionResponse>,
+}
+
+async fn open_session(c: &mut RegistryClient<Channel>, hb_ms: u64, reconnect_ms: u64) -> TestSession {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(pb::SessionRequest {
+        kind: Some(pb::session_request::Kind::Open(pb::OpenSession {
+            client_id: String::new(),
+            heartbeat_timeout_ms: hb_ms,
+            reconnect_timeout_ms: reconnect_ms,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut responses = c.session(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let first = responses.message().await.unwrap().unwrap();
+    let Some(pb::session_response::Kind::Opened(opened)) = first.kind else {
+        panic!("expected opened, got {first:?}");
+    };
+    assert!(!opened.resumed);
+    TestSession {
+        client_id: opened.client_id,
+        heartbeats: tx,
+        _responses: responses,
+    }
+}
+
+fn member(id: &str, service: &str) -> pb::Member {
+    pb::Member {
+        id: id.into(),
+        service: service.into(),
+        locality: "local.a".into(),
+        revision: "r1".into(),
+        created_ms: 1,
+        metadata: BTreeMap::from([("k".to_string(), "v".to_string())]),
+        ..Default::default()
+    }
+}
+
+fn origin(session: &TestSession, seq: u64) -> Option<pb::WriteOrigin> {
+    Some(pb::WriteOrigin {
+        client_id: session.client_id.clone(),
+        seq,
+        ack_below: seq,
+    })
+}
+
+async fn list(c: &mut RegistryClient<Channel>) -> pb::ListMembersResponse {
+    c.list_members(pb::ListMembersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn register_list_update_subscribe_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let mut c = client(&node).await;
+    ready(&mut c).await;
+
+    let mut watch = c
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = watch.next().await.unwrap().unwrap();
+    let Some(pb::subscribe_response::Kind::Snapshot(snap)) = snapshot.kind else {
+        panic!("expected a snapshot first");
+    };
+    assert!(snap.members.is_empty());
+
+    let s = open_session(&mut c, 10_000, 60_000).await;
+    for (seq, id) in [(1, "a-1"), (2, "a-2"), (3, "b-1")] {
+        let service = if id.starts_with('a') { "alpha" } else { "beta" };
+        let r = c
+            .register(pb::RegisterRequest {
+                origin: origin(&s, seq),
+                member: Some(member(id, service)),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let m = r.member.unwrap();
+        assert_eq!(m.client_id, s.client_id);
+        assert_eq!(m.status, pb::MemberStatus::Up as i32);
+        assert_eq!(m.create_index, r.index);
+    }
+    // A retry of seq 3 is answered the same and applied once.
+    let again = c
+        .register(pb::RegisterRequest {
+            origin: origin(&s, 3),
+            member: Some(member("b-1", "beta")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = list(&mut c).await;
+    assert_eq!(listed.members.len(), 3);
+    assert_eq!(again.member.unwrap().mod_index, listed.members[2].mod_index);
+
+    let filtered = c
+        .list_members(pb::ListMembersRequest {
+            filter: Some(pb::Filter {
+                service: "al*".into(),
+                ..Default::default()
+            }),
+            consistency: pb::Consistency::Stale as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(filtered.members.len(), 2);
+
+    let updated = c
+        .update_metadata(pb::UpdateMetadataRequest {
+            origin: None,
+            id: "a-1".into(),
+            set: BTreeMap::from([("zone".to_string(), "z1".to_string())]),
+            remove: vec!["k".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        updated.member.unwrap().metadata,
+        BTreeMap::from([("zone".to_string(), "z1".to_string())])
+    );
+    c.unregister(pb::UnregisterRequest {
+        origin: None,
+        id: "a-2".into(),
+    })
+    .await
+    .unwrap();
+
+    // The watcher sees every change, in index order, no duplicates.
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let msg = tokio::time::timeout(DEADLINE, watch.next()).await.unwrap().unwrap().unwrap();
+        if let Some(pb::subscribe_response::Kind::Events(e)) = msg.kind {
+            for change in e.changes {
+                seen.push((e.index, change.kind.unwrap()));
+            }
+        }
+    }
+    let indexes: Vec<u64> = seen.iter().map(|(i, _)| *i).collect();
+    assert!(indexes.windows(2).all(|w| w[0] < w[1]), "{indexes:?}");
+    assert!(matches!(&seen[4].1, pb::change::Kind::Removed(id) if id == "a-2"));
+    let last_index = indexes[4];
+
+    // Resume from an index inside the history: no snapshot, the rest only.
+    let mut resumed = c
+        .subscribe(pb::SubscribeRequest {
+            since_index: Some(indexes[2]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = resumed.next().await.unwrap().unwrap();
+    let Some(pb::subscribe_response::Kind::Events(e)) = first.kind else {
+        panic!("expected events, got {first:?}");
+    };
+    assert_eq!(e.index, indexes[3]);
+
+    let before = list(&mut c).await;
+    drop(watch);
+    drop(resumed);
+    drop(s);
+    node.shutdown().await;
+
+    // A restart on the same data dir restores every member and the index.
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let mut c = client(&node).await;
+    ready(&mut c).await;
+    let after = list(&mut c).await;
+    assert_eq!(after.members, before.members);
+    assert!(after.index >= last_index);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_session_goes_down_then_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let mut c = client(&node).await;
+    ready(&mut c).await;
+    let s = open_session(&mut c, 300, 600).await;
+    c.register(pb::RegisterRequest {
+        origin: origin(&s, 1),
+        member: Some(member("m-1", "svc")),
+    })
+    .await
+    .unwrap();
+    // Heartbeats keep it up for a while.
+    for _ in 0..6 {
+        s.heartbeats
+            .send(pb::SessionRequest {
+                kind: Some(pb::session_request::Kind::Heartbeat(pb::Heartbeat {})),
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = list(&mut c).await.members.remove(0);
+    assert_eq!(m.status, pb::MemberStatus::Up as i32);
+    // Silence: down, then gone.
+    drop(s);
+    let mut statuses = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let members = list(&mut c).await.members;
+        let status = members.first().map(|m| m.status);
+        if statuses.last() != Some(&status) {
+            statuses.push(status);
+        }
+        if status.is_none() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{statuses:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        statuses,
+        vec![
+            Some(pb::MemberStatus::Up as i32),
+            Some(pb::MemberStatus::Down as i32),
+            None
+        ]
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_input_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let mut c = client(&node).await;
+    ready(&mut c).await;
+    let s = open_session(&mut c, 10_000, 60_000).await;
+    let cases = [
+        (member("bad id", "svc"), "member.id"),
+        (member(&"x".repeat(300), "svc"), "member.id"),
+        (member("ok", ""), "member.service"),
+        (member("ok", &"s".repeat(129)), "member.service"),
+    ];
+    for (m, field) in cases {
+        let err = c
+            .register(pb::RegisterRequest {
+                origin: origin(&s, 0),
+                member: Some(m),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains(field), "{}", err.message());
+    }
+    let mut big = member("ok", "svc");
+    big.metadata.insert("v".into(), "x".repeat(5000));
+    let err = c
+        .register(pb::RegisterRequest {
+            origin: origin(&s, 0),
+            member: Some(big),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("4096"), "{}", err.message());
+    // Without a session.
+    let err = c
+        .register(pb::RegisterRequest {
+            origin: None,
+            member: Some(member("ok", "svc")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // Another session cannot take a member over.
+    c.register(pb::RegisterRequest {
+        origin: origin(&s, 1),
+        member: Some(member("taken", "svc")),
+    })
+    .await
+    .unwrap();
+    let other = open_session(&mut c, 10_000, 60_000).await;
+    let err = c
+        .register(pb::RegisterRequest {
+            origin: origin(&other, 1),
+            member: Some(member("taken", "svc")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    let err = c
+        .get_member(pb::GetMemberRequest {
+            id: "nope".into(),
+            consistency: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    // The node keeps serving.
+    assert_eq!(list(&mut c).await.members.len(), 1);
+    node.shutdown().await;
+}
