@@ -202,3 +202,35 @@ pub(crate) fn written_member(response: proto::WriteResponse) -> Result<Member, E
         .map(Member::from)
         .ok_or_else(|| Error::Protocol("a write answered without the member".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_reported_quickly_and_plainly() {
+        // Bind and release a port so that nothing listens on it.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let started = Instant::now();
+        let err = Client::connect([addr.clone()]).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("cannot reach {addr}: connection refused")
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_address_is_refused_before_connecting() {
+        let err = Client::connect(["no-port"]).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidAddress { .. }), "{err}");
+    }
+}

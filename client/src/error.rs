@@ -112,6 +112,15 @@ pub(crate) fn is_transport_status(status: &Status) -> bool {
     StdError::source(status).is_some()
 }
 
+/// Why a stream stopped, in a few words: the operating system's reason for
+/// a transport failure, else the node's status.
+pub(crate) fn stream_failure(status: Status) -> String {
+    match StdError::source(&status) {
+        Some(source) => transport_reason(source),
+        None => Error::from(status).to_string(),
+    }
+}
+
 /// The most telling few words about a transport failure, found by walking
 /// the error's source chain down to the operating system's error.
 pub(crate) fn transport_reason(err: &(dyn StdError + 'static)) -> String {

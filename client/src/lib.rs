@@ -20,6 +20,7 @@
 //! # }
 //! ```
 
+mod chunks;
 mod client;
 mod cluster;
 mod convert;

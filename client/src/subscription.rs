@@ -9,8 +9,9 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Response, Streaming};
 
+use crate::chunks::Chunks;
 use crate::client::Client;
-use crate::error::{Error, is_transport_status, transport_reason};
+use crate::error::{Error, is_transport_status, stream_failure};
 use crate::event::Event;
 use crate::filter::Filter;
 use crate::resume::Resume;
@@ -166,6 +167,9 @@ impl Reader {
         sender: &mpsc::Sender<Result<Event, Error>>,
     ) -> Stop {
         let idle = self.client.options().stream_idle_timeout();
+        // A snapshot cut short by a broken stream is dropped with it: the
+        // next stream starts from the last complete event.
+        let mut chunks = Chunks::default();
         loop {
             let message = match tokio::time::timeout(idle, stream.message()).await {
                 Err(_) => {
@@ -177,9 +181,7 @@ impl Reader {
                 Ok(Ok(Some(message))) => message,
                 Ok(Ok(None)) => return Stop::Broken("the node ended the stream".into()),
                 Ok(Err(status)) if is_transport_status(&status) => {
-                    let reason = std::error::Error::source(&status)
-                        .map_or_else(|| status.message().to_owned(), transport_reason);
-                    return Stop::Broken(reason);
+                    return Stop::Broken(stream_failure(status));
                 }
                 Ok(Err(status)) => {
                     let err = Error::from(status);
@@ -190,12 +192,12 @@ impl Reader {
                     };
                 }
             };
-            let event = match Event::try_from(message) {
-                Ok(event) => event,
-                Err(err) => {
-                    tracing::warn!(error = %err, "skipping a malformed subscription message");
-                    continue;
-                }
+            // A malformed message cannot be skipped (it may be a change the
+            // consumer needs); resuming from the last good index can.
+            let event = match chunks.feed(message) {
+                Ok(Some(event)) => event,
+                Ok(None) => continue,
+                Err(err) => return Stop::Broken(err.to_string()),
             };
             if self.resume.accept(&event) && sender.send(Ok(event)).await.is_err() {
                 return Stop::ConsumerGone;

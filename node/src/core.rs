@@ -13,10 +13,10 @@ use fuddle_proto::raft::RaftMessage;
 use fuddle_storage::codec::decode;
 
 use crate::config::Config;
+use crate::error::NodeError;
 use crate::forward::ReadIndexReply;
 use crate::gossip::{Gossip, Liveness};
 use crate::peers::{Peers, current_leader, peer_error, wait_for_leader};
-use crate::error::NodeError;
 use crate::proposer::{Proposed, Proposer};
 use crate::sessions::Heartbeats;
 use crate::status::{self, SelfInfo};
@@ -112,7 +112,9 @@ impl Core {
                     _ => NodeError::NoLeader,
                 })
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(NodeError::NoLeader),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(NodeError::NoLeader)
+            }
             Ok(Err(RaftError::Fatal(e))) => Err(NodeError::Internal(format!("raft stopped: {e}"))),
             Err(_) => Err(NodeError::Timeout(
                 "waiting for the leader to confirm a linearizable read".into(),
@@ -152,7 +154,12 @@ impl Core {
         let mut status = status::cluster_status(&metrics, &self.self_info());
         let asks = status.nodes.iter().filter(|n| n.id != self.id).map(|n| {
             let (id, addr) = (n.id, n.addr.clone());
-            async move { (id, self.ask_node_status(id, &addr, PEER_STATUS_TIMEOUT).await) }
+            async move {
+                (
+                    id,
+                    self.ask_node_status(id, &addr, PEER_STATUS_TIMEOUT).await,
+                )
+            }
         });
         let answers: std::collections::HashMap<u64, Result<pb::NodeStatusResponse, NodeError>> =
             futures::future::join_all(asks).await.into_iter().collect();
@@ -201,18 +208,27 @@ impl Core {
                 .into_iter()
                 .find(|p| p.node_id == node)
                 .map(|p| p.grpc_addr)
-                .ok_or_else(|| NodeError::UnknownNode(node))?,
+                .ok_or(NodeError::UnknownNode(node))?,
         };
-        self.ask_node_status(node, &addr, READ_BARRIER_TIMEOUT).await
+        self.ask_node_status(node, &addr, READ_BARRIER_TIMEOUT)
+            .await
     }
 
-    async fn ask_node_status(&self, node: u64, addr: &str, timeout: Duration) -> Result<pb::NodeStatusResponse, NodeError> {
+    async fn ask_node_status(
+        &self,
+        node: u64,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<pb::NodeStatusResponse, NodeError> {
         let mut request = tonic::Request::new(pb::NodeStatusRequest { node_id: 0 });
         request.set_timeout(timeout);
-        let answer = tokio::time::timeout(timeout, self.peers.registry(node, addr)?.node_status(request))
-            .await
-            .map_err(|_| NodeError::Timeout(format!("waiting for node {node} at {addr}")))?
-            .map_err(|s| peer_error(node, addr, s))?;
+        let answer = tokio::time::timeout(
+            timeout,
+            self.peers.registry(node, addr)?.node_status(request),
+        )
+        .await
+        .map_err(|_| NodeError::Timeout(format!("waiting for node {node} at {addr}")))?
+        .map_err(|s| peer_error(node, addr, s))?;
         Ok(answer.into_inner())
     }
 }

@@ -79,8 +79,10 @@ impl NodeError {
             | NodeError::NoLeader
             | NodeError::ShuttingDown
             | NodeError::Behind { .. }
-            | NodeError::Unreachable { .. }
-            | NodeError::Timeout(_) => Code::Unavailable,
+            | NodeError::Unreachable { .. } => Code::Unavailable,
+            // The write may still be applied: not UNAVAILABLE, which tells
+            // a client the request surely was not carried out.
+            NodeError::Timeout(_) => Code::DeadlineExceeded,
             NodeError::Internal(_) => Code::Internal,
         }
     }

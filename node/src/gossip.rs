@@ -426,7 +426,9 @@ async fn refresh_loop(
         let view = view_of(&*chitchat.lock().await);
         let live = view.live.clone();
         {
-            let mut shared = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut shared = shared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             log_changes(&shared.view, &view);
             shared.refresh(view, Instant::now());
         }

@@ -30,6 +30,28 @@ struct Args {
     /// Gossip accepts only nodes with the same cluster id.
     #[arg(long, default_value = "fuddle")]
     cluster_id: String,
+    /// Raft leader heartbeat interval. Election timeouts are 6× and 12× it
+    /// unless set.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    raft_heartbeat_interval: std::time::Duration,
+    /// Smallest Raft election timeout (default: 6× the heartbeat interval).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    election_timeout: Option<std::time::Duration>,
+    /// Time between gossip rounds; failure detection scales with it.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    gossip_interval: std::time::Duration,
+    /// How often the leader reviews the Raft membership against gossip.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    membership_check_interval: std::time::Duration,
+    /// Build a snapshot (and purge the log behind it) every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+    /// Log entries kept behind a snapshot for followers that lag a little.
+    #[arg(long, default_value_t = 1_000)]
+    keep_behind_snapshot: u64,
+    /// How often the leader checks sessions for missed heartbeats.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    session_tick: std::time::Duration,
     /// HTTP address for health and metrics.
     #[arg(long, default_value = "127.0.0.1:8221")]
     http_bind: SocketAddr,
@@ -56,6 +78,17 @@ fn main() -> ExitCode {
     config.join = args.join;
     config.membership.dead_node_timeout = args.dead_node_timeout;
     config.cluster_id = args.cluster_id;
+    config.raft.heartbeat_interval = args.raft_heartbeat_interval;
+    let election = args
+        .election_timeout
+        .unwrap_or(args.raft_heartbeat_interval * 6);
+    config.raft.election_timeout_min = election;
+    config.raft.election_timeout_max = election * 2;
+    config.gossip_interval = args.gossip_interval;
+    config.membership.check_interval = args.membership_check_interval;
+    config.raft.snapshot_every = args.snapshot_every;
+    config.raft.keep_behind_snapshot = args.keep_behind_snapshot;
+    config.sessions.tick = args.session_tick;
     config.http_bind = Some(args.http_bind);
     config.sessions.min_heartbeat_timeout = args.min_heartbeat_timeout;
     config.sessions.min_reconnect_timeout = args.min_reconnect_timeout;

@@ -108,7 +108,7 @@ pub fn decide(view: &ClusterView, config: &MembershipConfig) -> Option<Action> {
     let ready: Vec<NodeId> = view.learners.iter().copied().filter(caught_up).collect();
     let eligible = view.voters.len() + ready.len();
     let mut target = eligible.min(config.max_voters.max(1));
-    if target % 2 == 0 {
+    if target.is_multiple_of(2) {
         target -= 1;
     }
     let target = target.max(1);
@@ -120,9 +120,17 @@ pub fn decide(view: &ClusterView, config: &MembershipConfig) -> Option<Action> {
     if view.voters.len() > target {
         // Demote the least useful voters first: unseen ones, then the
         // highest ids; never the leader.
-        let mut candidates: Vec<NodeId> = view.voters.iter().copied().filter(|id| *id != view.leader).collect();
+        let mut candidates: Vec<NodeId> = view
+            .voters
+            .iter()
+            .copied()
+            .filter(|id| *id != view.leader)
+            .collect();
         candidates.sort_by_key(|id| (!view.unseen_for.contains_key(id), std::cmp::Reverse(*id)));
-        let demote: BTreeSet<NodeId> = candidates.into_iter().take(view.voters.len() - target).collect();
+        let demote: BTreeSet<NodeId> = candidates
+            .into_iter()
+            .take(view.voters.len() - target)
+            .collect();
         let voters = view.voters.difference(&demote).copied().collect();
         return Some(Action::SetVoters(voters));
     }
@@ -137,8 +145,14 @@ struct Unseen {
 }
 
 impl Unseen {
-    fn update(&mut self, members: &BTreeSet<NodeId>, live: &BTreeMap<NodeId, NodeAddr>, now: Instant) -> BTreeMap<NodeId, Duration> {
-        self.since.retain(|id, _| members.contains(id) && !live.contains_key(id));
+    fn update(
+        &mut self,
+        members: &BTreeSet<NodeId>,
+        live: &BTreeMap<NodeId, NodeAddr>,
+        now: Instant,
+    ) -> BTreeMap<NodeId, Duration> {
+        self.since
+            .retain(|id, _| members.contains(id) && !live.contains_key(id));
         let mut out = BTreeMap::new();
         for id in members {
             if !live.contains_key(id) {
@@ -301,7 +315,10 @@ mod tests {
         let v = view(&[1, 2, 3], &[4], &[1, 2, 3, 4]);
         assert_eq!(decide(&v, &c), None, "four voters would be even");
         let v = view(&[1, 2, 3], &[4, 5], &[1, 2, 3, 4, 5]);
-        assert_eq!(decide(&v, &c), Some(Action::SetVoters(set(&[1, 2, 3, 4, 5]))));
+        assert_eq!(
+            decide(&v, &c),
+            Some(Action::SetVoters(set(&[1, 2, 3, 4, 5])))
+        );
         let v = view(&[1, 2, 3, 4, 5], &[6, 7], &[1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(decide(&v, &c), None, "further nodes stay learners");
     }

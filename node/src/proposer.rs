@@ -70,9 +70,18 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the batching loop; it ends when every handle is dropped.
-    pub fn start(node_id: u64, raft: Raft<TypeConfig>, peers: Arc<Peers>, max_batch: usize) -> Proposer {
+    pub fn start(
+        node_id: u64,
+        raft: Raft<TypeConfig>,
+        peers: Arc<Peers>,
+        max_batch: usize,
+    ) -> Proposer {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
-        let ctx = Arc::new(Ctx { node_id, raft, peers });
+        let ctx = Arc::new(Ctx {
+            node_id,
+            raft,
+            peers,
+        });
         tokio::spawn(run(ctx, rx, max_batch.max(1)));
         Proposer { tx }
     }
@@ -155,10 +164,12 @@ async fn submit_batch(ctx: &Ctx, commands: Vec<Command>, routes: &[Route]) -> Ve
     loop {
         let leader = match current_leader(&ctx.raft) {
             Some(l) => l,
-            None => match wait_for_leader(&ctx.raft, LEADER_WAIT.min(deadline - Instant::now())).await {
-                Some(l) => l,
-                None => return vec![Err(NodeError::NoLeader); n],
-            },
+            None => {
+                match wait_for_leader(&ctx.raft, LEADER_WAIT.min(deadline - Instant::now())).await {
+                    Some(l) => l,
+                    None => return vec![Err(NodeError::NoLeader); n],
+                }
+            }
         };
         if leader.0 == ctx.node_id {
             let request = Request {
@@ -176,7 +187,9 @@ async fn submit_batch(ctx: &Ctx, commands: Vec<Command>, routes: &[Route]) -> Ve
                         .map(|r| Ok((r, index)))
                         .collect();
                     results.resize_with(n, || {
-                        Err(NodeError::Internal("apply answered fewer results than commands".into()))
+                        Err(NodeError::Internal(
+                            "apply answered fewer results than commands".into(),
+                        ))
                     });
                     results
                 }
@@ -202,7 +215,12 @@ async fn submit_batch(ctx: &Ctx, commands: Vec<Command>, routes: &[Route]) -> Ve
 }
 
 /// Sends the forwardable commands of a batch to the leader.
-async fn forward(ctx: &Ctx, (leader, addr): (u64, String), commands: Vec<Command>, routes: &[Route]) -> Vec<Proposed> {
+async fn forward(
+    ctx: &Ctx,
+    (leader, addr): (u64, String),
+    commands: Vec<Command>,
+    routes: &[Route],
+) -> Vec<Proposed> {
     let not_leader = NodeError::NotLeader {
         leader: Some((leader, addr.clone())),
     };
@@ -230,16 +248,24 @@ async fn forward(ctx: &Ctx, (leader, addr): (u64, String), commands: Vec<Command
         .iter_mut()
         .map(|slot| {
             slot.take().unwrap_or_else(|| {
-                answers
-                    .next()
-                    .unwrap_or_else(|| Err(NodeError::Internal("the leader answered too few results".into())))
+                answers.next().unwrap_or_else(|| {
+                    Err(NodeError::Internal(
+                        "the leader answered too few results".into(),
+                    ))
+                })
             })
         })
         .collect()
 }
 
-async fn forward_call(ctx: &Ctx, leader: u64, addr: &str, commands: Vec<Command>) -> Result<ForwardReply, NodeError> {
-    let data = encode(&ForwardBatch { commands }).map_err(|e| NodeError::Internal(e.to_string()))?;
+async fn forward_call(
+    ctx: &Ctx,
+    leader: u64,
+    addr: &str,
+    commands: Vec<Command>,
+) -> Result<ForwardReply, NodeError> {
+    let data =
+        encode(&ForwardBatch { commands }).map_err(|e| NodeError::Internal(e.to_string()))?;
     let mut client = ctx.peers.raft(leader, addr)?;
     let mut request = tonic::Request::new(RaftMessage { data });
     request.set_timeout(FORWARD_TIMEOUT);
@@ -247,19 +273,26 @@ async fn forward_call(ctx: &Ctx, leader: u64, addr: &str, commands: Vec<Command>
         .forward(request)
         .await
         .map_err(|s| peer_error(leader, addr, s))?;
-    decode(&reply.into_inner().data).map_err(|e| NodeError::Internal(format!("undecodable forward reply: {e}")))
+    decode(&reply.into_inner().data)
+        .map_err(|e| NodeError::Internal(format!("undecodable forward reply: {e}")))
 }
 
 /// Maps openraft's write errors to the node's.
-pub fn write_error(e: RaftError<u64, ClientWriteError<u64, fuddle_storage::NodeAddr>>) -> NodeError {
+pub fn write_error(
+    e: RaftError<u64, ClientWriteError<u64, fuddle_storage::NodeAddr>>,
+) -> NodeError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match (f.leader_id, f.leader_node) {
-            (Some(id), Some(node)) => NodeError::NotLeader {
-                leader: Some((id, node.addr)),
-            },
-            _ => NodeError::NoLeader,
-        },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => NodeError::Internal(e.to_string()),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            match (f.leader_id, f.leader_node) {
+                (Some(id), Some(node)) => NodeError::NotLeader {
+                    leader: Some((id, node.addr)),
+                },
+                _ => NodeError::NoLeader,
+            }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            NodeError::Internal(e.to_string())
+        }
         RaftError::Fatal(e) => NodeError::Internal(format!("raft stopped: {e}")),
     }
 }

@@ -39,7 +39,10 @@ fn encode_reply<T: Serialize>(reply: &T) -> Result<Response<RaftMessage>, Status
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let rpc = decode_request(request)?;
         encode_reply(&self.core.raft.append_entries(rpc).await)
     }
@@ -49,12 +52,18 @@ impl RaftRpc for RaftService {
         encode_reply(&self.core.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let rpc = decode_request(request)?;
         encode_reply(&self.core.raft.install_snapshot(rpc).await)
     }
 
-    async fn forward(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn forward(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let batch: ForwardBatch = decode_request(request)?;
         let proposals = batch
             .commands
@@ -65,7 +74,10 @@ impl RaftRpc for RaftService {
         encode_reply(&ForwardReply { results })
     }
 
-    async fn forward_heartbeats(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn forward_heartbeats(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let batch: HeartbeatBatch = decode_request(request)?;
         self.core
             .heartbeats
@@ -73,7 +85,10 @@ impl RaftRpc for RaftService {
         encode_reply(&())
     }
 
-    async fn read_index(&self, _request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn read_index(
+        &self,
+        _request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let index = self.core.leader_read_index().await;
         encode_reply(&ReadIndexReply { index })
     }

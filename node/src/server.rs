@@ -101,7 +101,9 @@ async fn start_gossip(
             .await
             .ok()
             .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| StartError::Config(format!("--advertise {a}: not a resolvable host:port")))?,
+            .ok_or_else(|| {
+                StartError::Config(format!("--advertise {a}: not a resolvable host:port"))
+            })?,
         None => local_addr,
     };
     let mut gossip = GossipConfig::new(id, local_addr);

@@ -182,7 +182,11 @@ pub struct Heartbeats {
 
 impl Heartbeats {
     /// A heartbeat sink around a clock.
-    pub fn new(node_id: u64, raft: Raft<TypeConfig>, clock: Arc<Mutex<SessionClock>>) -> Heartbeats {
+    pub fn new(
+        node_id: u64,
+        raft: Raft<TypeConfig>,
+        clock: Arc<Mutex<SessionClock>>,
+    ) -> Heartbeats {
         Heartbeats {
             node_id,
             raft,
@@ -265,7 +269,12 @@ pub async fn run_heartbeat_forwarder(
     }
 }
 
-async fn send_heartbeats(peers: &Peers, leader: u64, addr: &str, ids: &[String]) -> Result<(), NodeError> {
+async fn send_heartbeats(
+    peers: &Peers,
+    leader: u64,
+    addr: &str,
+    ids: &[String],
+) -> Result<(), NodeError> {
     let data = encode(&HeartbeatBatch {
         client_ids: ids.to_vec(),
     })

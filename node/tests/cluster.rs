@@ -31,7 +31,9 @@ fn config(dir: &std::path::Path, join: Vec<String>) -> Config {
 }
 
 async fn client(addr: std::net::SocketAddr) -> RegistryClient<Channel> {
-    RegistryClient::connect(format!("http://{addr}")).await.unwrap()
+    RegistryClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
 }
 
 async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -41,13 +43,19 @@ where
 {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn status(c: &mut RegistryClient<Channel>) -> pb::ClusterStatusResponse {
-    c.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner()
+    c.cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 fn voters(s: &pb::ClusterStatusResponse) -> BTreeSet<u64> {
@@ -63,8 +71,12 @@ async fn three_nodes() -> Cluster {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let first = Node::start(config(dirs[0].path(), vec![])).await.unwrap();
     let seed = first.local_addr.to_string();
-    let second = Node::start(config(dirs[1].path(), vec![seed.clone()])).await.unwrap();
-    let third = Node::start(config(dirs[2].path(), vec![seed])).await.unwrap();
+    let second = Node::start(config(dirs[1].path(), vec![seed.clone()]))
+        .await
+        .unwrap();
+    let third = Node::start(config(dirs[2].path(), vec![seed]))
+        .await
+        .unwrap();
     let cluster = Cluster {
         _dirs: dirs,
         nodes: vec![Some(first), Some(second), Some(third)],
@@ -108,7 +120,14 @@ fn member(id: &str) -> pb::Member {
     }
 }
 
-async fn open_session(c: &mut RegistryClient<Channel>, hb_ms: u64) -> (String, mpsc::Sender<pb::SessionRequest>, tonic::Streaming<pb::SessionResponse>) {
+async fn open_session(
+    c: &mut RegistryClient<Channel>,
+    hb_ms: u64,
+) -> (
+    String,
+    mpsc::Sender<pb::SessionRequest>,
+    tonic::Streaming<pb::SessionResponse>,
+) {
     let (tx, rx) = mpsc::channel(4);
     tx.send(pb::SessionRequest {
         kind: Some(pb::session_request::Kind::Open(pb::OpenSession {
@@ -119,8 +138,14 @@ async fn open_session(c: &mut RegistryClient<Channel>, hb_ms: u64) -> (String, m
     })
     .await
     .unwrap();
-    let mut responses = c.session(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    let Some(pb::session_response::Kind::Opened(opened)) = responses.message().await.unwrap().unwrap().kind else {
+    let mut responses = c
+        .session(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::session_response::Kind::Opened(opened)) =
+        responses.message().await.unwrap().unwrap().kind
+    else {
         panic!("expected opened");
     };
     (opened.client_id, tx, responses)
@@ -135,8 +160,16 @@ async fn follower_forwards_writes_and_serves_reads_and_subscriptions() {
     let mut fc = client(cluster.node(follower).local_addr).await;
     let mut oc = client(cluster.node(other).local_addr).await;
 
-    let mut on_other = oc.subscribe(pb::SubscribeRequest::default()).await.unwrap().into_inner();
-    let mut on_follower = fc.subscribe(pb::SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut on_other = oc
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut on_follower = fc
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
 
     let (client_id, _hb, _responses) = open_session(&mut fc, 10_000).await;
     let mut acked = Vec::new();
@@ -167,10 +200,17 @@ async fn follower_forwards_writes_and_serves_reads_and_subscriptions() {
     }
 
     // Both followers' subscribers see exactly the same sequence.
-    async fn collect(stream: &mut tonic::Streaming<pb::SubscribeResponse>, n: usize) -> Vec<(u64, String)> {
+    async fn collect(
+        stream: &mut tonic::Streaming<pb::SubscribeResponse>,
+        n: usize,
+    ) -> Vec<(u64, String)> {
         let mut seen = Vec::new();
         while seen.len() < n {
-            let msg = tokio::time::timeout(DEADLINE, stream.next()).await.unwrap().unwrap().unwrap();
+            let msg = tokio::time::timeout(DEADLINE, stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             if let Some(pb::subscribe_response::Kind::Events(e)) = msg.kind {
                 for ch in e.changes {
                     if let Some(pb::change::Kind::Upsert(m)) = ch.kind {

@@ -58,7 +58,11 @@ struct TestSession {
     _responses: tonic::Streaming<pb::SessionResponse>,
 }
 
-async fn open_session(c: &mut RegistryClient<Channel>, hb_ms: u64, reconnect_ms: u64) -> TestSession {
+async fn open_session(
+    c: &mut RegistryClient<Channel>,
+    hb_ms: u64,
+    reconnect_ms: u64,
+) -> TestSession {
     let (tx, rx) = mpsc::channel(4);
     tx.send(pb::SessionRequest {
         kind: Some(pb::session_request::Kind::Open(pb::OpenSession {
@@ -69,7 +73,11 @@ async fn open_session(c: &mut RegistryClient<Channel>, hb_ms: u64, reconnect_ms:
     })
     .await
     .unwrap();
-    let mut responses = c.session(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut responses = c
+        .session(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     let first = responses.message().await.unwrap().unwrap();
     let Some(pb::session_response::Kind::Opened(opened)) = first.kind else {
         panic!("expected opened, got {first:?}");
@@ -193,7 +201,11 @@ async fn register_list_update_subscribe_restart() {
     // The watcher sees every change, in index order, no duplicates.
     let mut seen = Vec::new();
     while seen.len() < 5 {
-        let msg = tokio::time::timeout(DEADLINE, watch.next()).await.unwrap().unwrap().unwrap();
+        let msg = tokio::time::timeout(DEADLINE, watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let Some(pb::subscribe_response::Kind::Events(e)) = msg.kind {
             for change in e.changes {
                 seen.push((e.index, change.kind.unwrap()));

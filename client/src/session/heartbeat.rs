@@ -8,11 +8,13 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use fuddle_proto::registry as proto;
 use futures::StreamExt;
 use proto::{session_request, session_response};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::Shared;
 use super::open::{SessionStream, open_stream};
 use crate::client::Client;
+use crate::error::stream_failure;
 use crate::nodes::humanize;
 use crate::task::AbortOnDrop;
 
@@ -24,13 +26,18 @@ pub(crate) async fn run(client: Client, shared: Arc<Shared>, mut stream: Session
     let mut _reregistering: Option<AbortOnDrop> = None;
     loop {
         let reason = keep_alive(&mut stream, shared.heartbeat_interval()).await;
+        if shared.is_closing() {
+            return;
+        }
         let addr = client.nodes().get(stream.node).addr.clone();
         tracing::warn!(client_id = %shared.client_id(), %addr, %reason, "session stream lost; reconnecting");
         // The node may be going away: start over on a fresh connection to
         // the next one.
         client.nodes().get(stream.node).forget();
         client.nodes().advance_from(stream.node);
-        let (new_stream, opened) = reopen(&client, &shared).await;
+        let Some((new_stream, opened)) = reopen(&client, &shared).await else {
+            return;
+        };
         stream = new_stream;
         let resumed = opened.resumed;
         shared.opened(&opened);
@@ -69,8 +76,12 @@ async fn keep_alive(stream: &mut SessionStream, interval: Duration) -> String {
                 let heartbeat = proto::SessionRequest {
                     kind: Some(session_request::Kind::Heartbeat(proto::Heartbeat {})),
                 };
-                if stream.requests.send(heartbeat).await.is_err() {
-                    return "the request stream closed".into();
+                // Never wait here: a full queue means the node is not
+                // reading heartbeats, which is a broken stream too.
+                match stream.requests.try_send(heartbeat) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => return "the node is not reading heartbeats".into(),
+                    Err(TrySendError::Closed(_)) => return "the request stream closed".into(),
                 }
             }
             message = stream.responses.next() => match message {
@@ -78,7 +89,7 @@ async fn keep_alive(stream: &mut SessionStream, interval: Duration) -> String {
                     last_ack = Instant::now();
                 }
                 Some(Ok(other)) => tracing::debug!(?other, "unexpected message on the session stream"),
-                Some(Err(status)) => return crate::Error::from(status).to_string(),
+                Some(Err(status)) => return stream_failure(status),
                 None => return "the node ended the stream".into(),
             },
         }
@@ -86,8 +97,8 @@ async fn keep_alive(stream: &mut SessionStream, interval: Duration) -> String {
 }
 
 /// Opens the session again under its id, retrying with growing pauses
-/// until a node answers.
-async fn reopen(client: &Client, shared: &Shared) -> (SessionStream, proto::SessionOpened) {
+/// until a node answers; `None` if the session is being closed meanwhile.
+async fn reopen(client: &Client, shared: &Shared) -> Option<(SessionStream, proto::SessionOpened)> {
     let options = client.options();
     let mut pauses = ExponentialBuilder::new()
         .with_min_delay(options.min_backoff)
@@ -96,8 +107,11 @@ async fn reopen(client: &Client, shared: &Shared) -> (SessionStream, proto::Sess
         .without_max_times()
         .build();
     loop {
+        if shared.is_closing() {
+            return None;
+        }
         match open_stream(client, &shared.client_id(), &shared.requested).await {
-            Ok(opened) => return opened,
+            Ok(opened) => return Some(opened),
             Err(err) => {
                 tracing::warn!(client_id = %shared.client_id(), error = %err, "cannot reopen the session yet");
                 tokio::time::sleep(pauses.next().unwrap_or(options.max_backoff)).await;

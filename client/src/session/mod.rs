@@ -6,6 +6,7 @@ mod seq;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +67,9 @@ struct Shared {
     /// The last spec of every member registered through the session, to
     /// register again after an expiry.
     specs: Mutex<BTreeMap<String, MemberSpec>>,
+    /// Set once the application closes the session, so that the heartbeat
+    /// task lets the stream end instead of opening the session again.
+    closing: AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +89,7 @@ impl Client {
             granted: Mutex::new(Granted::from(&opened)),
             seqs: Mutex::new(SeqTracker::default()),
             specs: Mutex::new(BTreeMap::new()),
+            closing: AtomicBool::new(false),
         });
         let heartbeat = AbortOnDrop::spawn(heartbeat::run(self.clone(), shared.clone(), stream));
         Ok(Session {
@@ -193,8 +198,14 @@ impl Session {
     }
 
     /// Ends the session gracefully: the node removes its members at once.
-    /// Heartbeats stop whether or not the node could be told.
+    /// Heartbeats stop whether or not the node could be told. Returns the
+    /// index that closed the session, or 0 when the node no longer knew it
+    /// (a repeat of a close whose answer was lost).
     pub async fn close(self) -> Result<u64, Error> {
+        // Heartbeats go on until the node has the close (a slow close must
+        // not mark the members down first), but once the node ends the
+        // stream in answer, the task must not bring the session back.
+        self.shared.closing.store(true, Ordering::SeqCst);
         let request = proto::CloseSessionRequest {
             client_id: self.client_id(),
         };
@@ -216,6 +227,10 @@ impl Session {
 }
 
 impl Shared {
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
     fn client_id(&self) -> String {
         self.granted.lock().expect("session lock").client_id.clone()
     }
