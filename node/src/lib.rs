@@ -10,6 +10,7 @@ pub mod core;
 pub mod error;
 pub mod forward;
 pub mod gossip;
+pub mod http;
 pub mod membership;
 pub mod network;
 pub mod peers;

@@ -85,6 +85,17 @@ impl RaftRpc for RaftService {
         encode_reply(&())
     }
 
+    async fn elect(&self, _request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        tracing::info!("asked to take over leadership");
+        self.core
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(format!("raft stopped: {e}")))?;
+        encode_reply(&())
+    }
+
     async fn read_index(
         &self,
         _request: Request<RaftMessage>,

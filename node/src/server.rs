@@ -19,13 +19,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::core::Core;
 use crate::gossip::{Gossip, GossipConfig, GossipError};
-use crate::membership;
 use crate::network::Network;
 use crate::peers::Peers;
 use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
 use crate::registry_service::RegistryService;
 use crate::sessions::{self, Heartbeats, SessionClock};
+use crate::{http, membership};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,9 +74,10 @@ fn open_data_dir(config: &Config) -> Result<(DataDir, u64, bool), StartError> {
         Some(id) => Ok((dir, id, false)),
         None => {
             // Ids are random so that two fresh nodes never collide; zero is
-            // kept for "none" in the protocol.
+            // kept for "none" in the protocol. 53 bits keep them exact in
+            // JSON readers that hold numbers as doubles.
             let id = loop {
-                let id: u64 = rand::random::<u64>() >> 1;
+                let id: u64 = rand::random::<u64>() >> 11;
                 if id != 0 {
                     break id;
                 }
@@ -122,6 +123,63 @@ async fn start_gossip(
     Ok(Gossip::start(gossip).await?)
 }
 
+/// If this node leads, asks its most up-to-date voter to take over and
+/// waits (briefly) until it has, so that clients see no election timeout.
+///
+/// openraft 0.9 has no leadership transfer; a caught-up follower that
+/// starts an election wins at once, because the leader grants a vote for a
+/// higher term once its own vote is older than the leader lease (the
+/// largest election timeout). A leader elected more recently than that
+/// refuses, and the cluster falls back to an ordinary election.
+async fn hand_over_leadership(core: &Core) {
+    let metrics = core.raft.metrics().borrow().clone();
+    if metrics.current_leader != Some(core.id) {
+        return;
+    }
+    let membership = metrics.membership_config.membership().clone();
+    // Bring followers up to date first: a candidate behind the leader's log
+    // would be refused.
+    let _ = core.raft.trigger().heartbeat().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let target = loop {
+        let m = core.raft.metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let best = m.replication.as_ref().and_then(|r| {
+            r.iter()
+                .filter(|(id, _)| **id != core.id && membership.voter_ids().any(|v| v == **id))
+                .filter_map(|(id, l)| l.map(|l| (l.index, *id)))
+                .max()
+        });
+        match best {
+            Some((matched, id)) if matched >= last => break Some(id),
+            _ if tokio::time::Instant::now() >= deadline => break None,
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let Some(target) = target else {
+        return;
+    };
+    let Some(addr) = membership.get_node(&target).map(|n| n.addr.clone()) else {
+        return;
+    };
+    tracing::info!(node = core.id, to = target, "handing leadership over");
+    let Ok(mut client) = core.peers.raft(target, &addr) else {
+        return;
+    };
+    let mut request = tonic::Request::new(fuddle_proto::raft::RaftMessage { data: Vec::new() });
+    request.set_timeout(Duration::from_secs(2));
+    if let Err(e) = client.elect(request).await {
+        tracing::warn!("leadership hand-over failed: {e}");
+        return;
+    }
+    let mut watch = core.raft.metrics();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        watch.wait_for(|m| m.current_leader.is_some_and(|l| l != core.id)),
+    )
+    .await;
+}
+
 fn raft_config(config: &Config) -> Result<openraft::Config, StartError> {
     let t = &config.raft;
     openraft::Config {
@@ -160,7 +218,18 @@ impl Node {
             .advertise
             .clone()
             .unwrap_or_else(|| local_addr.to_string());
-        let http_addr = config.http_bind.map(|a| a.to_string()).unwrap_or_default();
+        let http_listener = match config.http_bind {
+            Some(bind) => Some(
+                TcpListener::bind(bind)
+                    .await
+                    .map_err(|source| StartError::Bind { addr: bind, source })?,
+            ),
+            None => None,
+        };
+        let http_addr = match &http_listener {
+            Some(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            None => String::new(),
+        };
 
         let gossip = Arc::new(start_gossip(&config, id, local_addr, &addr, &http_addr).await?);
         let (log_store, sm) =
@@ -216,6 +285,9 @@ impl Node {
             config.sessions,
             shutdown.clone(),
         ));
+        if let Some(listener) = http_listener {
+            tasks.spawn(http::serve(listener, core.clone(), shutdown.clone()));
+        }
         tasks.spawn(membership::run(
             id,
             raft.clone(),
@@ -269,6 +341,7 @@ impl Node {
     /// and the database is flushed.
     pub async fn shutdown(mut self) {
         tracing::info!(node = self.core.id, "shutting down");
+        hand_over_leadership(&self.core).await;
         self.core.shutdown.cancel();
         // Give streams a moment to send their goodbye, but never hang.
         let _ = tokio::time::timeout(Duration::from_secs(5), async {

@@ -305,3 +305,27 @@ async fn heartbeats_through_a_follower_survive_a_leader_change() {
     beat.abort();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_shutting_down_hands_leadership_over() {
+    let mut cluster = three_nodes().await;
+    // A leader grants another node's vote only once its own vote is older
+    // than the leader lease (the largest election timeout, 1 s here).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let leader = cluster.leader_index().expect("a leader");
+    let old = cluster.nodes[leader].take().unwrap();
+    let old_id = old.core.id;
+    old.shutdown().await;
+    // The hand-over completed before shutdown returned: one of the others
+    // already leads, without waiting for an election timeout.
+    let leaders: Vec<u64> = cluster
+        .nodes
+        .iter()
+        .flatten()
+        .filter(|n| n.core.raft.metrics().borrow().current_leader == Some(n.core.id))
+        .map(|n| n.core.id)
+        .collect();
+    assert_eq!(leaders.len(), 1, "no new leader at once: {leaders:?}");
+    assert_ne!(leaders[0], old_id);
+    cluster.shutdown().await;
+}

@@ -1,0 +1,166 @@
+//! The node's HTTP endpoint: health for load balancers and orchestrators,
+//! Prometheus metrics, and a read-only JSON view of the members.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use fuddle_storage::Filter;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::Core;
+use crate::status::role_name;
+
+/// Serves HTTP on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, core: Arc<Core>, shutdown: CancellationToken) {
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/members", get(members))
+        .with_state(core);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        tracing::error!("HTTP server failed: {e}");
+    }
+}
+
+#[derive(Serialize)]
+struct Health {
+    /// This node.
+    id: u64,
+    /// Its Raft role.
+    role: &'static str,
+    /// The leader it knows of (0: none).
+    leader: u64,
+    /// Its applied index.
+    applied_index: u64,
+}
+
+/// 200 while the node knows a leader (it can serve writes and linearizable
+/// reads), 503 otherwise; the body says why either way.
+async fn health(State(core): State<Arc<Core>>) -> Response {
+    let m = core.raft.metrics().borrow().clone();
+    let body = Health {
+        id: m.id,
+        role: role_name(m.state),
+        leader: m.current_leader.unwrap_or(0),
+        applied_index: core.registry.index(),
+    };
+    let code = if m.current_leader.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Prometheus text format, written by hand: a dozen gauges do not justify
+/// a metrics framework.
+async fn metrics(State(core): State<Arc<Core>>) -> String {
+    let m = core.raft.metrics().borrow().clone();
+    let (members, sessions, subscribers) = {
+        let applied = core.registry.read();
+        (
+            applied.state.members.len(),
+            applied.state.sessions.len(),
+            applied.feed.receivers(),
+        )
+    };
+    let gauges: [(&str, &str, u64); 8] = [
+        ("fuddle_members", "Members in the registry.", members as u64),
+        ("fuddle_sessions", "Client sessions.", sessions as u64),
+        (
+            "fuddle_subscribers",
+            "Live subscriptions on this node.",
+            subscribers as u64,
+        ),
+        ("fuddle_raft_term", "Current Raft term.", m.current_term),
+        (
+            "fuddle_raft_is_leader",
+            "1 if this node leads.",
+            u64::from(m.state.is_leader()),
+        ),
+        (
+            "fuddle_raft_last_log_index",
+            "Last log index.",
+            m.last_log_index.unwrap_or(0),
+        ),
+        (
+            "fuddle_raft_applied_index",
+            "Last applied index.",
+            m.last_applied.map_or(0, |l| l.index),
+        ),
+        (
+            "fuddle_raft_snapshot_index",
+            "Index of the last snapshot.",
+            m.snapshot.map_or(0, |l| l.index),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, value) in gauges {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct MembersQuery {
+    /// Service pattern.
+    #[serde(default)]
+    service: String,
+    /// Locality pattern.
+    #[serde(default)]
+    locality: String,
+}
+
+#[derive(Serialize)]
+struct MembersReply {
+    /// The index the answer reflects (this node's state: stale reads).
+    index: u64,
+    /// The members.
+    members: Vec<serde_json::Value>,
+}
+
+/// Every matching member from this node's state, in the JSON shape of
+/// `fuddle-cli -o json`.
+async fn members(
+    State(core): State<Arc<Core>>,
+    Query(q): Query<MembersQuery>,
+) -> Json<MembersReply> {
+    let filter = Filter::new(&q.service, &q.locality, &Default::default(), None);
+    let applied = core.registry.read();
+    let members = applied
+        .state
+        .members
+        .values()
+        .filter(|m| filter.matches(m))
+        .map(|m| {
+            serde_json::json!({
+                "id": m.spec.id,
+                "service": m.spec.service,
+                "locality": m.spec.locality,
+                "revision": m.spec.revision,
+                "created_ms": m.spec.created_ms,
+                "metadata": m.spec.metadata,
+                "status": m.status.as_str(),
+                "client_id": m.client_id,
+                "create_index": m.create_index,
+                "mod_index": m.mod_index,
+            })
+        })
+        .collect();
+    Json(MembersReply {
+        index: applied.index,
+        members,
+    })
+}
