@@ -1,1 +1,181 @@
-fn main() {}
+//! Where the time of one write goes in the storage layer alone: appending
+//! log entries to sled (with the flush that makes them durable), applying
+//! them to the registry state in memory, and applying them through the
+//! sled state machine.
+//!
+//! `cargo bench -p fuddle-benches --bench storage` runs it; add
+//! `-- --quick` for a smoke run.
+
+use std::collections::BTreeMap;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use fuddle_storage::{
+    Command, DataDir, Entry, FeedConfig, MemberSpec, Origin, RegistryState, Request, open_stores,
+};
+use openraft::EntryPayload;
+use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
+
+/// Registrations per log entry: one entry carries a batch of client
+/// commands, as the node's proposer builds them under load.
+const BATCHES: [usize; 3] = [1, 64, 256];
+
+/// A registration with ~256 bytes of metadata, like the write benchmark's.
+fn register(client: &str, seq: u64, id: usize) -> Command {
+    Command::Register {
+        origin: Origin {
+            client_id: client.to_string(),
+            seq,
+            ack_below: seq,
+        },
+        spec: MemberSpec {
+            id: format!("member-{id}"),
+            service: "orders".into(),
+            locality: "aws.us-east-1.us-east-1b".into(),
+            revision: "v1.4.2".into(),
+            created_ms: 1,
+            metadata: BTreeMap::from([("payload".to_string(), "x".repeat(240))]),
+        },
+    }
+}
+
+fn open_session(client: &str) -> Command {
+    Command::OpenSession {
+        client_id: client.to_string(),
+        heartbeat_timeout_ms: 30_000,
+        reconnect_timeout_ms: 600_000,
+    }
+}
+
+fn entry(index: u64, commands: Vec<Command>) -> Entry {
+    Entry {
+        log_id: openraft::testing::log_id(1, 1, index),
+        payload: EntryPayload::Normal(Request {
+            now_ms: index,
+            commands,
+        }),
+    }
+}
+
+/// Entries 2.. each carrying `batch` registrations (entry 1 opens the
+/// session), `count` entries in all.
+fn entries(batch: usize, count: u64, first: u64, seq: &mut u64) -> Vec<Entry> {
+    (first..first + count)
+        .map(|index| {
+            let commands = (0..batch)
+                .map(|i| {
+                    *seq += 1;
+                    register("bench", *seq, (*seq as usize) * 7 + i)
+                })
+                .collect();
+            entry(index, commands)
+        })
+        .collect()
+}
+
+fn bench_log_append(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut group = c.benchmark_group("log_append");
+    group.sample_size(20);
+    for batch in BATCHES {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(
+            BenchmarkId::new("registrations_per_entry", batch),
+            &batch,
+            |b, &batch| {
+                let dir = tempfile::tempdir().unwrap();
+                let data = DataDir::open(dir.path(), 64 << 20).unwrap();
+                let (mut log, _sm) = open_stores(&data, FeedConfig::default()).unwrap();
+                let mut index = 1;
+                let mut seq = 0;
+                b.iter_batched(
+                    || {
+                        let e = entries(batch, 1, index, &mut seq);
+                        index += 1;
+                        e
+                    },
+                    // One append is one durable flush, as openraft drives it.
+                    |e| runtime.block_on(log.blocking_append(e)).unwrap(),
+                    criterion::BatchSize::SmallInput,
+                );
+            },
+        );
+    }
+    group.finish();
+}
+
+fn bench_apply_pure(c: &mut Criterion) {
+    let mut group = c.benchmark_group("apply_in_memory");
+    for batch in BATCHES {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(
+            BenchmarkId::new("registrations_per_entry", batch),
+            &batch,
+            |b, &batch| {
+                let mut state = RegistryState::default();
+                let Some(EntryPayload::Normal(open)) =
+                    Some(entry(1, vec![open_session("bench")]).payload)
+                else {
+                    unreachable!()
+                };
+                state.apply(1, &open);
+                let mut index = 2;
+                let mut seq = 0;
+                b.iter_batched(
+                    || {
+                        let e = entries(batch, 1, index, &mut seq).remove(0);
+                        index += 1;
+                        e
+                    },
+                    |e| {
+                        if let EntryPayload::Normal(request) = &e.payload {
+                            state.apply(e.log_id.index, request);
+                        }
+                    },
+                    criterion::BatchSize::SmallInput,
+                );
+            },
+        );
+    }
+    group.finish();
+}
+
+fn bench_apply_sled(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut group = c.benchmark_group("apply_state_machine");
+    group.sample_size(20);
+    for batch in BATCHES {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(
+            BenchmarkId::new("registrations_per_entry", batch),
+            &batch,
+            |b, &batch| {
+                let dir = tempfile::tempdir().unwrap();
+                let data = DataDir::open(dir.path(), 64 << 20).unwrap();
+                let (_log, mut sm) = open_stores(&data, FeedConfig::default()).unwrap();
+                runtime
+                    .block_on(sm.apply([entry(1, vec![open_session("bench")])]))
+                    .unwrap();
+                let mut index = 2;
+                let mut seq = 0;
+                b.iter_batched(
+                    || {
+                        let e = entries(batch, 1, index, &mut seq);
+                        index += 1;
+                        e
+                    },
+                    |e| runtime.block_on(sm.apply(e)).unwrap(),
+                    criterion::BatchSize::SmallInput,
+                );
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_log_append,
+    bench_apply_pure,
+    bench_apply_sled
+);
+criterion_main!(benches);
