@@ -1,7 +1,7 @@
 //! Conversions between protocol messages and storage types, in one place.
 
 use fuddle_proto::registry as pb;
-use fuddle_storage::{Change, Filter, Member, MemberSpec, MemberStatus};
+use fuddle_storage::{Change, Filter, Member, MemberSpec, MemberStatus, RegistryState};
 
 use crate::error::NodeError;
 
@@ -77,4 +77,14 @@ pub fn change_to_pb(change: &Change, filter: &Filter) -> Option<pb::Change> {
     } else {
         None
     }
+}
+
+/// Every member of `state` that `filter` selects, as the protocol sends them.
+pub fn matching_members(state: &RegistryState, filter: &Filter) -> Vec<pb::Member> {
+    state
+        .members
+        .values()
+        .filter(|m| filter.matches(m))
+        .map(member_to_pb)
+        .collect()
 }

@@ -305,7 +305,8 @@ mod tests {
     fn a_learner_behind_is_not_promoted() {
         let c = MembershipConfig::default();
         let mut v = view(&[1], &[2, 3], &[1, 2, 3]);
-        v.matched.insert(3, 0);
+        v.last_log_index = 1000;
+        v.matched = BTreeMap::from([(1, 1000), (2, 1000), (3, 10)]);
         assert_eq!(decide(&v, &c), None);
     }
 

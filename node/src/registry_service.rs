@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::convert::{filter_from_pb, member_to_pb, spec_from_pb};
+use crate::convert::{filter_from_pb, matching_members, member_to_pb, spec_from_pb};
 use crate::core::Core;
 use crate::error::NodeError;
 use crate::subscribe::{self, Subscription};
@@ -371,13 +371,7 @@ impl RegistryRpc for RegistryService {
         let filter = filter_from_pb(request.filter)?;
         self.core.read_barrier(request.consistency).await?;
         let applied = self.core.registry.read();
-        let members = applied
-            .state
-            .members
-            .values()
-            .filter(|m| filter.matches(m))
-            .map(member_to_pb)
-            .collect();
+        let members = matching_members(&applied.state, &filter);
         Ok(Response::new(pb::ListMembersResponse {
             members,
             index: applied.index,

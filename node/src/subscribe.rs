@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::convert::{change_to_pb, member_to_pb};
+use crate::convert::{change_to_pb, matching_members};
 use crate::error::NodeError;
 
 /// Members per Snapshot message, so no message nears gRPC's size limit.
@@ -77,14 +77,7 @@ enum Start {
 }
 
 fn snapshot_of(applied: &Applied, filter: &Filter) -> Start {
-    let members = applied
-        .state
-        .members
-        .values()
-        .filter(|m| filter.matches(m))
-        .map(member_to_pb)
-        .collect();
-    Start::Snapshot(members, applied.index)
+    Start::Snapshot(matching_members(&applied.state, filter), applied.index)
 }
 
 async fn stream(registry: &Registry, sub: &Subscription, tx: &Tx) -> Result<(), NodeError> {
@@ -123,12 +116,7 @@ async fn stream(registry: &Registry, sub: &Subscription, tx: &Tx) -> Result<(), 
                 Ok(FeedItem::Reset(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     // History before this point is gone for this subscriber:
                     // replace its view rather than leave a gap.
-                    let (start, new_rx) = registry.read_and_subscribe(|a| snapshot_of(a, &sub.filter));
-                    rx = new_rx;
-                    if let Start::Snapshot(members, index) = start {
-                        send_snapshot(tx, members, index).await?;
-                        last = index;
-                    }
+                    last = resync(registry, &sub.filter, tx, &mut rx).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Err(NodeError::ShuttingDown),
             },
@@ -150,12 +138,7 @@ async fn stream(registry: &Registry, sub: &Subscription, tx: &Tx) -> Result<(), 
                     (if lagged { None } else { Some(queued) }, applied.index)
                 };
                 let Some(queued) = queued else {
-                    let (start, new_rx) = registry.read_and_subscribe(|a| snapshot_of(a, &sub.filter));
-                    rx = new_rx;
-                    if let Start::Snapshot(members, index) = start {
-                        send_snapshot(tx, members, index).await?;
-                        last = index;
-                    }
+                    last = resync(registry, &sub.filter, tx, &mut rx).await?;
                     continue;
                 };
                 let mut reset = false;
@@ -166,12 +149,7 @@ async fn stream(registry: &Registry, sub: &Subscription, tx: &Tx) -> Result<(), 
                     }
                 }
                 if reset {
-                    let (start, new_rx) = registry.read_and_subscribe(|a| snapshot_of(a, &sub.filter));
-                    rx = new_rx;
-                    if let Start::Snapshot(members, index) = start {
-                        send_snapshot(tx, members, index).await?;
-                        last = index;
-                    }
+                    last = resync(registry, &sub.filter, tx, &mut rx).await?;
                     continue;
                 }
                 if index > last {
@@ -181,6 +159,21 @@ async fn stream(registry: &Registry, sub: &Subscription, tx: &Tx) -> Result<(), 
             }
         }
     }
+}
+
+/// Replaces the subscriber's view with a fresh snapshot and a new receiver
+/// positioned right after it; returns the snapshot's index.
+async fn resync(
+    registry: &Registry,
+    filter: &Filter,
+    tx: &Tx,
+    rx: &mut broadcast::Receiver<FeedItem>,
+) -> Result<u64, Gone> {
+    let ((members, index), new_rx) =
+        registry.read_and_subscribe(|a| (matching_members(&a.state, filter), a.index));
+    *rx = new_rx;
+    send_snapshot(tx, members, index).await?;
+    Ok(index)
 }
 
 async fn wait_for_index(registry: &Registry, wanted: u64) -> Result<(), NodeError> {
