@@ -123,12 +123,13 @@ impl MemberSpec {
 
     /// Applies a metadata update to the spec, so that a re-registration
     /// after a session expired restores the member as it was last set.
+    /// The order is the node's: keys are set first, then removed.
     pub(crate) fn apply_update(&mut self, set: &BTreeMap<String, String>, remove: &[String]) {
+        self.metadata
+            .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
         for key in remove {
             self.metadata.remove(key);
         }
-        self.metadata
-            .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 }
 
@@ -166,13 +167,19 @@ mod tests {
     }
 
     #[test]
-    fn update_removes_before_setting() {
+    fn update_sets_then_removes_like_the_node() {
         let mut spec = MemberSpec::new("a", "b")
             .metadata("x", "1")
             .metadata("y", "2");
-        let set = BTreeMap::from([("x".to_owned(), "3".to_owned())]);
+        let set = BTreeMap::from([
+            ("x".to_owned(), "3".to_owned()),
+            ("z".to_owned(), "4".to_owned()),
+        ]);
         spec.apply_update(&set, &["x".to_owned(), "y".to_owned()]);
-        assert_eq!(spec.metadata, set);
+        assert_eq!(
+            spec.metadata,
+            BTreeMap::from([("z".to_owned(), "4".to_owned())])
+        );
     }
 
     #[test]

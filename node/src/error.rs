@@ -28,6 +28,12 @@ pub enum NodeError {
     /// There is no leader right now (an election, or no quorum).
     #[error("no leader: the cluster has no quorum right now; retry shortly")]
     NoLeader,
+    /// This node leads but has not heard from a quorum for a while (it is
+    /// partitioned from the majority): a write could not commit.
+    #[error(
+        "this node is the leader but has not heard from a quorum for {0} ms; the cluster has no usable leader right now, retry shortly"
+    )]
+    NoQuorum(u64),
     /// The operation did not finish in time.
     #[error("timed out {0}")]
     Timeout(String),
@@ -79,6 +85,7 @@ impl NodeError {
             | NodeError::NoLeader
             | NodeError::ShuttingDown
             | NodeError::Behind { .. }
+            | NodeError::NoQuorum(_)
             | NodeError::Unreachable { .. } => Code::Unavailable,
             // The write may still be applied: not UNAVAILABLE, which tells
             // a client the request surely was not carried out.

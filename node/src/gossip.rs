@@ -216,17 +216,21 @@ pub enum Liveness {
 /// A running gossip member. Dropping it stops gossip too; [`Gossip::shutdown`]
 /// also waits for the UDP socket to be closed.
 pub struct Gossip {
-    /// The chitchat server; its shutdown closes the UDP socket.
-    handle: ChitchatHandle,
+    /// The chitchat server; its shutdown closes the UDP socket. Taken out
+    /// by [`Gossip::shutdown`], which may be called through a shared
+    /// reference while other parts of the node still hold the `Gossip`.
+    handle: Mutex<Option<ChitchatHandle>>,
     /// The view copied out of chitchat, read by the synchronous accessors.
     shared: Arc<Mutex<Shared>>,
     /// Hands out receivers of the live set for [`Gossip::watch`].
     live_rx: watch::Receiver<Vec<PeerInfo>>,
     /// The task that refreshes `shared` and the live set.
-    refresher: JoinHandle<()>,
-    /// Stops the refresher, also when the `Gossip` is dropped without
+    refresher: Mutex<Option<JoinHandle<()>>>,
+    /// Stops the refresher on [`Gossip::shutdown`].
+    stop_token: CancellationToken,
+    /// Stops the refresher also when the `Gossip` is dropped without
     /// [`Gossip::shutdown`].
-    stop: DropGuard,
+    _stop: DropGuard,
     /// This start's generation, kept for logs and tests.
     generation_id: u64,
 }
@@ -315,11 +319,12 @@ impl Gossip {
             "gossip started"
         );
         Ok(Gossip {
-            handle,
+            handle: Mutex::new(Some(handle)),
             shared,
             live_rx,
-            refresher,
-            stop: token.drop_guard(),
+            refresher: Mutex::new(Some(refresher)),
+            stop_token: token.clone(),
+            _stop: token.drop_guard(),
             generation_id,
         })
     }
@@ -369,12 +374,18 @@ impl Gossip {
     /// Stops gossiping and waits until the UDP socket is closed, so that the
     /// port can be bound again at once. Peers notice through their failure
     /// detectors: chitchat has no leave message.
-    pub async fn shutdown(self) {
-        self.stop.disarm().cancel();
-        if let Err(err) = self.refresher.await {
+    pub async fn shutdown(&self) {
+        self.stop_token.cancel();
+        let refresher = self.refresher.lock().ok().and_then(|mut r| r.take());
+        if let Some(refresher) = refresher
+            && let Err(err) = refresher.await
+        {
             warn!(error = %err, "the gossip refresher failed");
         }
-        if let Err(err) = self.handle.shutdown().await {
+        let handle = self.handle.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle
+            && let Err(err) = handle.shutdown().await
+        {
             warn!(error = %format!("{err:#}"), "gossip stopped with an error");
         }
     }

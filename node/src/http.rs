@@ -45,7 +45,8 @@ struct Health {
 }
 
 /// 200 while the node knows a leader (it can serve writes and linearizable
-/// reads), 503 otherwise; the body says why either way.
+/// reads), 503 otherwise, and also when this node leads but has lost its
+/// quorum; the body says which node it thinks leads.
 async fn health(State(core): State<Arc<Core>>) -> Response {
     let m = core.raft.metrics().borrow().clone();
     let body = Health {
@@ -54,7 +55,10 @@ async fn health(State(core): State<Arc<Core>>) -> Response {
         leader: m.current_leader.unwrap_or(0),
         applied_index: core.registry.index(),
     };
-    let code = if m.current_leader.is_some() {
+    let quorum_lost = m.current_leader == Some(m.id)
+        && crate::proposer::quorum_silence(&core.raft, core.config.raft.election_timeout_max)
+            .is_some();
+    let code = if m.current_leader.is_some() && !quorum_lost {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -21,6 +21,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
+/// The gRPC metadata key naming the node an internal message is meant for.
+pub const TARGET_NODE_HEADER: &str = "fuddle-target-node";
+
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -91,13 +94,21 @@ impl Connection {
         let data = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut message = tonic::Request::new(RaftMessage { data });
         message.set_timeout(ttl);
+        // Raft messages do not name their recipient. A node whose data dir
+        // was wiped comes back with a new id, possibly at the old address;
+        // it must refuse traffic meant for the old id instead of answering
+        // it with an empty log.
+        message.metadata_mut().insert(
+            TARGET_NODE_HEADER,
+            tonic::metadata::MetadataValue::from(self.target),
+        );
         let reply = match rpc {
             Rpc::AppendEntries => client.append_entries(message).await,
             Rpc::Vote => client.vote(message).await,
             Rpc::InstallSnapshot => client.install_snapshot(message).await,
         };
         let reply = reply.map_err(|status| match status.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown => {
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::FailedPrecondition => {
                 RPCError::Unreachable(Unreachable::new(&status))
             }
             _ => RPCError::Network(NetworkError::new(&status)),

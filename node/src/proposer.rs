@@ -26,8 +26,9 @@ use crate::peers::{FORWARD_TIMEOUT, Peers, current_leader, peer_error, wait_for_
 /// How many batches may be proposed and not yet answered at once.
 const MAX_IN_FLIGHT: usize = 16;
 
-/// How long a batch may take in all before its clients are told to retry.
-const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a batch may take in all before its clients are told to retry;
+/// below the SDK's per-attempt timeout, so the client hears why.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a write waits for a leader to be elected before failing.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -59,6 +60,9 @@ struct Ctx {
     raft: Raft<TypeConfig>,
     /// Channels to the leader when it is another node.
     peers: Arc<Peers>,
+    /// A leader that has not heard from a quorum for this long refuses new
+    /// writes at once (they could not commit) rather than time out.
+    quorum_timeout: Duration,
 }
 
 /// The handle to queue commands for proposal.
@@ -75,12 +79,14 @@ impl Proposer {
         raft: Raft<TypeConfig>,
         peers: Arc<Peers>,
         max_batch: usize,
+        quorum_timeout: Duration,
     ) -> Proposer {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
         let ctx = Arc::new(Ctx {
             node_id,
             raft,
             peers,
+            quorum_timeout,
         });
         tokio::spawn(run(ctx, rx, max_batch.max(1)));
         Proposer { tx }
@@ -172,6 +178,9 @@ async fn submit_batch(ctx: &Ctx, commands: Vec<Command>, routes: &[Route]) -> Ve
             }
         };
         if leader.0 == ctx.node_id {
+            if let Some(silent) = quorum_silence(&ctx.raft, ctx.quorum_timeout) {
+                return vec![Err(NodeError::NoQuorum(silent.as_millis() as u64)); n];
+            }
             let request = Request {
                 now_ms: now_ms(),
                 commands: commands.clone(),
@@ -272,9 +281,26 @@ async fn forward_call(
     let reply = client
         .forward(request)
         .await
-        .map_err(|s| peer_error(leader, addr, s))?;
+        .map_err(|s| match peer_error(leader, addr, s) {
+            // Refused before anything was sent: surely not applied.
+            e @ NodeError::Unreachable { .. } if e.to_string().contains("connect") => e,
+            // Anything else may have reached the leader: the outcome is unknown,
+            // which must not read as UNAVAILABLE ("not carried out").
+            e => NodeError::Timeout(format!(
+                "lost the leader's answer ({e}); the write may have been applied"
+            )),
+        })?;
     decode(&reply.into_inner().data)
         .map_err(|e| NodeError::Internal(format!("undecodable forward reply: {e}")))
+}
+
+/// How long this leader has not heard from a quorum, if longer than
+/// `limit`.
+pub fn quorum_silence(raft: &Raft<TypeConfig>, limit: Duration) -> Option<Duration> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let silent = Duration::from_millis(m.millis_since_quorum_ack?);
+    (silent > limit).then_some(silent)
 }
 
 /// Maps openraft's write errors to the node's.

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::core::Core;
 use crate::forward::{ForwardBatch, ForwardReply, HeartbeatBatch, ReadIndexReply};
+use crate::network::TARGET_NODE_HEADER;
 
 /// Serves peers from a node's core.
 pub struct RaftService {
@@ -23,6 +24,25 @@ impl RaftService {
     /// A service for `core`.
     pub fn new(core: Arc<Core>) -> RaftService {
         RaftService { core }
+    }
+}
+
+impl RaftService {
+    /// Refuses a Raft message meant for another node id (this address
+    /// belonged to a node whose data dir was wiped).
+    fn check_target(&self, request: &Request<RaftMessage>) -> Result<(), Status> {
+        let Some(value) = request.metadata().get(TARGET_NODE_HEADER) else {
+            return Ok(());
+        };
+        let target: Option<u64> = value.to_str().ok().and_then(|v| v.parse().ok());
+        match target {
+            Some(t) if t == self.core.id => Ok(()),
+            _ => Err(Status::failed_precondition(format!(
+                "this is node {}, not node {}",
+                self.core.id,
+                value.to_str().unwrap_or("?")
+            ))),
+        }
     }
 }
 
@@ -43,11 +63,13 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_target(&request)?;
         let rpc = decode_request(request)?;
         encode_reply(&self.core.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_target(&request)?;
         let rpc = decode_request(request)?;
         encode_reply(&self.core.raft.vote(rpc).await)
     }
@@ -56,6 +78,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_target(&request)?;
         let rpc = decode_request(request)?;
         encode_reply(&self.core.raft.install_snapshot(rpc).await)
     }

@@ -173,6 +173,7 @@ impl RegistryRpc for RegistryService {
         };
         let opened = self.open_session(open).await?;
         let client_id = opened.client_id.clone();
+        let index = opened.index;
         let (tx, rx) = mpsc::channel(16);
         let _ = tx
             .send(Ok(pb::SessionResponse {
@@ -180,7 +181,16 @@ impl RegistryRpc for RegistryService {
             }))
             .await;
         let core = self.core.clone();
+        let opened_at = index;
         tokio::spawn(async move {
+            // A session opened through this follower is applied on the
+            // leader first; wait until it is here too before checking it.
+            let mut applied = core.registry.watch_index();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                applied.wait_for(|i| *i >= opened_at),
+            )
+            .await;
             loop {
                 let message = tokio::select! {
                     m = inbound.message() => m,

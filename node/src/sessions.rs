@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fuddle_storage::{Command, Registry, TypeConfig};
+use fuddle_storage::{Command, Registry, SessionStatus, TypeConfig};
 use openraft::Raft;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +26,7 @@ use crate::config::SessionConfig;
 use crate::error::NodeError;
 use crate::forward::HeartbeatBatch;
 use crate::peers::{Peers, current_leader, peer_error};
-use crate::proposer::Proposer;
+use crate::proposer::{Proposer, now_ms};
 
 /// What the clock needs to know of a session from the replicated state.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +39,8 @@ pub struct SessionView<'a> {
     pub heartbeat_timeout: Duration,
     /// Its reconnect timeout.
     pub reconnect_timeout: Duration,
+    /// When the log says it went down (leader-stamped Unix ms; 0 if up).
+    pub down_since_ms: u64,
 }
 
 /// Sessions whose status should change, as found by one tick.
@@ -124,13 +126,14 @@ impl SessionClock {
     pub fn tick<'a>(
         &mut self,
         now: Instant,
+        wall_now_ms: u64,
         sessions: impl Iterator<Item = SessionView<'a>>,
         max: usize,
     ) -> Transitions {
         let mut t = Transitions::default();
-        let mut present = 0usize;
+        let mut present: Vec<&str> = Vec::new();
         for s in sessions {
-            present += 1;
+            present.push(s.id);
             let seen = self
                 .last_seen
                 .get(s.id)
@@ -143,8 +146,20 @@ impl SessionClock {
                     t.down.push(s.id.to_string());
                 }
             } else {
-                let since = *self.down_since.entry(s.id.to_string()).or_insert(now);
-                if seen > since {
+                // A session found down counts its reconnect timeout from when
+                // the log says it went down (leader-stamped wall time), so a
+                // leader change does not restart the countdown. This assumes
+                // the nodes' clocks roughly agree (NTP); a live client is
+                // never affected, as only down sessions expire.
+                let since = *self.down_since.entry(s.id.to_string()).or_insert_with(|| {
+                    let elapsed =
+                        Duration::from_millis(wall_now_ms.saturating_sub(s.down_since_ms));
+                    now.checked_sub(elapsed).unwrap_or(self.epoch)
+                });
+                // Only a real heartbeat (not the fresh start of a new
+                // leadership) brings a down session back.
+                let heard = self.last_seen.get(s.id).is_some_and(|h| *h > since);
+                if heard {
                     if t.up.len() < max {
                         t.up.push(s.id.to_string());
                     }
@@ -156,10 +171,15 @@ impl SessionClock {
             }
         }
         // Forget sessions the state no longer has (closed or expired), so
-        // the maps do not grow without bound.
-        if self.last_seen.len() > present * 2 + 64 || self.down_since.len() > present + 64 {
-            self.last_seen.clear();
-            self.down_since.clear();
+        // the maps do not grow without bound; only those, so that a live
+        // session's clock is never lost.
+        if self.last_seen.len() > present.len() * 2 + 64
+            || self.down_since.len() > present.len() + 64
+        {
+            let present: HashSet<&str> = present.into_iter().collect();
+            self.last_seen.retain(|id, _| present.contains(id.as_str()));
+            self.down_since
+                .retain(|id, _| present.contains(id.as_str()));
         }
         t
     }
@@ -329,9 +349,14 @@ pub async fn run_ticker(
                 up: s.is_up(),
                 heartbeat_timeout: Duration::from_millis(s.heartbeat_timeout_ms),
                 reconnect_timeout: Duration::from_millis(s.reconnect_timeout_ms),
+                down_since_ms: match s.status {
+                    SessionStatus::Down { since_ms } => since_ms,
+                    SessionStatus::Up => 0,
+                },
             });
             clock.lock().expect("session clock poisoned").tick(
                 now,
+                now_ms(),
                 views,
                 config.max_transitions_per_tick,
             )
@@ -359,12 +384,17 @@ pub async fn run_ticker(
 mod tests {
     use super::*;
 
+    /// Wall clock of the tests: the log says down sessions went down at
+    /// this very moment, so only the monotonic clock matters.
+    const WALL: u64 = 1_000_000;
+
     fn view(id: &str, up: bool) -> SessionView<'_> {
         SessionView {
             id,
             up,
             heartbeat_timeout: Duration::from_secs(1),
             reconnect_timeout: Duration::from_secs(3),
+            down_since_ms: if up { 0 } else { WALL },
         }
     }
 
@@ -376,23 +406,23 @@ mod tests {
         let at = |ms| t0 + Duration::from_millis(ms);
         assert!(
             clock
-                .tick(at(900), [view("a", true)].into_iter(), 10)
+                .tick(at(900), WALL, [view("a", true)].into_iter(), 10)
                 .is_empty()
         );
-        let t = clock.tick(at(1100), [view("a", true)].into_iter(), 10);
+        let t = clock.tick(at(1100), WALL, [view("a", true)].into_iter(), 10);
         assert_eq!(t.down, vec!["a"]);
         // Now the state has it down: the reconnect clock starts when seen.
         assert!(
             clock
-                .tick(at(1200), [view("a", false)].into_iter(), 10)
+                .tick(at(1200), WALL, [view("a", false)].into_iter(), 10)
                 .is_empty()
         );
         assert!(
             clock
-                .tick(at(4100), [view("a", false)].into_iter(), 10)
+                .tick(at(4100), WALL, [view("a", false)].into_iter(), 10)
                 .is_empty()
         );
-        let t = clock.tick(at(4300), [view("a", false)].into_iter(), 10);
+        let t = clock.tick(at(4300), WALL, [view("a", false)].into_iter(), 10);
         assert_eq!(t.expired, vec!["a"]);
     }
 
@@ -405,18 +435,18 @@ mod tests {
             clock.heartbeat("a", at(ms));
             assert!(
                 clock
-                    .tick(at(ms + 10), [view("a", true)].into_iter(), 10)
+                    .tick(at(ms + 10), WALL, [view("a", true)].into_iter(), 10)
                     .is_empty()
             );
         }
         let mut clock = SessionClock::new(t0);
         assert!(
             clock
-                .tick(at(100), [view("b", false)].into_iter(), 10)
+                .tick(at(100), WALL, [view("b", false)].into_iter(), 10)
                 .is_empty()
         );
         clock.heartbeat("b", at(200));
-        let t = clock.tick(at(300), [view("b", false)].into_iter(), 10);
+        let t = clock.tick(at(300), WALL, [view("b", false)].into_iter(), 10);
         assert_eq!(t.up, vec!["b"]);
     }
 
@@ -430,12 +460,44 @@ mod tests {
         clock.reset(at(5000));
         assert!(
             clock
-                .tick(at(5900), [view("a", true)].into_iter(), 10)
+                .tick(at(5900), WALL, [view("a", true)].into_iter(), 10)
                 .is_empty()
         );
         assert_eq!(
-            clock.tick(at(6100), [view("a", true)].into_iter(), 10).down,
+            clock
+                .tick(at(6100), WALL, [view("a", true)].into_iter(), 10)
+                .down,
             vec!["a"]
+        );
+    }
+
+    #[test]
+    fn a_new_leader_continues_the_reconnect_countdown() {
+        let t0 = Instant::now() + Duration::from_secs(100);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut clock = SessionClock::new(t0);
+        // The log says it went down 2.5 s before this leadership began.
+        let mut v = view("a", false);
+        v.down_since_ms = WALL - 2500;
+        assert!(clock.tick(at(0), WALL, [v].into_iter(), 10).is_empty());
+        let t = clock.tick(at(600), WALL + 600, [v].into_iter(), 10);
+        assert_eq!(t.expired, vec!["a"]);
+    }
+
+    #[test]
+    fn forgetting_closed_sessions_keeps_live_clocks() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut clock = SessionClock::new(t0);
+        clock.heartbeat("live", at(900));
+        for i in 0..200 {
+            clock.heartbeat(&format!("gone-{i}"), at(900));
+        }
+        // Only "live" is left in the state: the clean-up must keep its clock.
+        assert!(
+            clock
+                .tick(at(1500), WALL, [view("live", true)].into_iter(), 10)
+                .is_empty()
         );
     }
 
@@ -446,6 +508,7 @@ mod tests {
         let ids: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
         let t = clock.tick(
             t0 + Duration::from_secs(2),
+            WALL,
             ids.iter().map(|id| view(id, true)),
             4,
         );

@@ -256,7 +256,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let write = |e: postcard::Error| sm_err(ErrorVerb::Write, e);
         let mut responses = Vec::new();
         let mut batch = sled::Batch::default();
+        let mut published = Vec::new();
         let raft = self.raft.clone();
+        let sm = &self.sm;
         self.registry
             .update(|applied| -> Result<(), StorageError> {
                 let mut raft = raft.lock().expect("state machine lock poisoned");
@@ -275,13 +277,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 &out.touched_sessions,
                             )
                             .map_err(write)?;
-                            Registry::publish(
-                                applied,
-                                AppliedEntry {
-                                    index,
-                                    changes: out.changes,
-                                },
-                            );
+                            published.push(AppliedEntry {
+                                index,
+                                changes: out.changes,
+                            });
                             responses.push(Response {
                                 results: out.results,
                             });
@@ -294,11 +293,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
                 batch.insert(LAST_APPLIED_KEY, encode(&raft.last_applied).map_err(write)?);
+                // Written before subscribers hear of it, still under the
+                // lock: a reader never sees a change the store lacks.
+                sm.apply_batch(batch)
+                    .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                for entry in published {
+                    Registry::publish(applied, entry);
+                }
                 Ok(())
             })?;
-        self.sm
-            .apply_batch(batch)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         Ok(responses)
     }
 

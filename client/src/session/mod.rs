@@ -199,8 +199,8 @@ impl Session {
 
     /// Ends the session gracefully: the node removes its members at once.
     /// Heartbeats stop whether or not the node could be told. Returns the
-    /// index that closed the session, or 0 when the node no longer knew it
-    /// (a repeat of a close whose answer was lost).
+    /// index of the entry that closed the session (closing a session the
+    /// node no longer knows also succeeds: a retried close is harmless).
     pub async fn close(self) -> Result<u64, Error> {
         // Heartbeats go on until the node has the close (a slow close must
         // not mark the members down first), but once the node ends the
@@ -216,13 +216,7 @@ impl Session {
                 async move { rpc.close_session(request).await.map(Response::into_inner) }
             })
             .await;
-        match result {
-            Ok((response, _)) => Ok(response.index),
-            // A repeat of a close whose answer was lost finds no session:
-            // it is closed, which is what was asked.
-            Err(Error::NotFound(_)) => Ok(0),
-            Err(err) => Err(err),
-        }
+        result.map(|(response, _)| response.index)
     }
 }
 

@@ -1,0 +1,326 @@
+#!/usr/bin/env bash
+# Fuddle and etcd side by side on this machine, in one run.
+#
+# Starts a 3-node etcd and a 3-node Fuddle on 127.0.0.1 (temporary data
+# dirs, free ports), drives the same workloads against both with
+# fuddle-bench, and prints both results and their ratio; then does the same
+# with one node each for a single writer. Everything it starts is stopped
+# on exit, however it exits.
+#
+#   benches/compare-etcd.sh                                  # the full run
+#   DURATION=3s SUBSCRIBERS=1000 benches/compare-etcd.sh     # a quick one
+#
+# Settings (environment):
+#   DURATION=10s      measured time of each write workload
+#   WARMUP=1s         unmeasured writing before it
+#   CLIENTS=256       concurrent writers of the many-writer workload
+#   SUBSCRIBERS=10000 subscriptions / watch streams of the fan-out workloads
+#   UPDATES=100       changes made in each fan-out workload
+#   FANOUT_WRITERS="1 16"  writer counts of the fan-out workloads
+#   FANOUT_CONNS=16   gRPC connections the subscribers are spread over
+#   DEADLINE=60s      how long a fan-out waits for late deliveries
+#   PAUSE=2           seconds of rest between two measurements
+#   KEEP=1            keep the temporary dir (data and logs) for a post-mortem
+#   RESULTS=FILE      also append every result (one JSON object a line) to FILE
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-1s}
+CLIENTS=${CLIENTS:-256}
+SUBSCRIBERS=${SUBSCRIBERS:-10000}
+UPDATES=${UPDATES:-100}
+FANOUT_WRITERS=${FANOUT_WRITERS:-1 16}
+FANOUT_CONNS=${FANOUT_CONNS:-16}
+DEADLINE=${DEADLINE:-60s}
+PAUSE=${PAUSE:-2}
+KEEP=${KEEP:-0}
+RESULTS=${RESULTS:-}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/fuddle-vs-etcd.XXXXXX")
+
+# Every process this script starts, so that the exit trap can stop them.
+PIDS=()
+
+log() { printf '%s\n' "$*" >&2; }
+die() {
+    log "compare-etcd: $*"
+    exit 1
+}
+
+# Stops the given processes: SIGTERM (Fuddle hands leadership over, etcd
+# shuts down cleanly), then SIGKILL for any still there after 10 s.
+stop() {
+    local pid
+    for pid in "$@"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "$@"; do
+        for _ in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        forget "$pid"
+    done
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if ((${#PIDS[@]})); then
+        stop "${PIDS[@]}"
+    fi
+    if [[ $KEEP == 1 ]]; then
+        log "compare-etcd: data and logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Installs a Debian package if its command is missing.
+need() {
+    local cmd=$1 package=$2
+    command -v "$cmd" >/dev/null && return
+    log "compare-etcd: $cmd is missing; installing Debian's $package"
+    local sudo=()
+    [[ $(id -u) == 0 ]] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" apt-get install -y -qq "$package" >&2
+    command -v "$cmd" >/dev/null || die "installing $package did not provide $cmd"
+}
+
+# A TCP port on 127.0.0.1 that nothing listens on and this script has not
+# handed out yet. Ports are random, so two runs at once rarely collide.
+TAKEN=" "
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 40000))
+        [[ $TAKEN == *" $port "* ]] && continue
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue
+        TAKEN+="$port "
+        echo "$port"
+        return
+    done
+}
+
+# Waits up to $1 seconds for the command after it to succeed.
+wait_for() {
+    local seconds=$1
+    shift
+    local deadline=$((SECONDS + seconds))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
+}
+
+need etcd etcd-server
+need jq jq
+need curl curl
+
+log "compare-etcd: building fuddle-node, fuddle-cli and fuddle-bench (release)"
+(cd "$ROOT" && cargo build --release --quiet -p fuddle-node -p fuddle-cli -p fuddle-bench)
+TARGET_DIR=$(cd "$ROOT" && cargo metadata --no-deps --format-version 1 | jq -r .target_directory)
+NODE=$TARGET_DIR/release/fuddle-node
+CLI=$TARGET_DIR/release/fuddle-cli
+BENCH=$TARGET_DIR/release/fuddle-bench
+
+# --- etcd -------------------------------------------------------------------
+
+# Starts an etcd cluster of $2 members named $1-N; sets ETCD_ENDPOINTS and
+# ETCD_PIDS.
+start_etcd() {
+    local name=$1 size=$2 i
+    local clients=() peers=() initial=()
+    for i in $(seq "$size"); do
+        clients+=("$(free_port)")
+        peers+=("$(free_port)")
+        initial+=("$name-$i=http://127.0.0.1:${peers[-1]}")
+    done
+    local cluster
+    cluster=$(IFS=,; echo "${initial[*]}")
+    ETCD_ENDPOINTS=()
+    ETCD_PIDS=()
+    for i in $(seq "$size"); do
+        local client=${clients[i - 1]} peer=${peers[i - 1]}
+        # A 4 GiB backend quota: far more than a run writes, and the size
+        # etcd's own docs suggest for a busy cluster.
+        etcd --name "$name-$i" \
+            --data-dir "$WORK/$name-$i" \
+            --listen-client-urls "http://127.0.0.1:$client" \
+            --advertise-client-urls "http://127.0.0.1:$client" \
+            --listen-peer-urls "http://127.0.0.1:$peer" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+            --initial-cluster "$cluster" \
+            --initial-cluster-token "$name-$$" \
+            --initial-cluster-state new \
+            --quota-backend-bytes $((4 * 1024 * 1024 * 1024)) \
+            --logger zap --log-outputs stderr \
+            >"$WORK/$name-$i.log" 2>&1 &
+        PIDS+=("$!")
+        ETCD_PIDS+=("$!")
+        ETCD_ENDPOINTS+=("127.0.0.1:$client")
+    done
+    local endpoint
+    for endpoint in "${ETCD_ENDPOINTS[@]}"; do
+        # /health answers true once the member sees a leader.
+        wait_for 60 sh -c "curl -fsS http://$endpoint/health | grep -q '\"health\":\"true\"'" ||
+            die "etcd $endpoint did not become healthy (see $WORK/$name-*.log; KEEP=1 keeps them)"
+    done
+    log "compare-etcd: etcd ($size nodes) healthy at ${ETCD_ENDPOINTS[*]}"
+}
+
+# --- Fuddle -----------------------------------------------------------------
+
+# Starts a Fuddle cluster of $2 nodes named $1-N; sets FUDDLE_ENDPOINTS and
+# FUDDLE_PIDS. The first node bootstraps; the others join it by gossip.
+start_fuddle() {
+    local name=$1 size=$2 i seed=
+    FUDDLE_ENDPOINTS=()
+    FUDDLE_PIDS=()
+    for i in $(seq "$size"); do
+        local join=()
+        [[ -n $seed ]] && join=(--join "$seed")
+        # Port 0: the node picks a free port and prints it on stdout (gossip
+        # takes the same number on UDP).
+        "$NODE" --data-dir "$WORK/$name-$i" \
+            --bind 127.0.0.1:0 \
+            --http-bind 127.0.0.1:0 \
+            "${join[@]}" \
+            >"$WORK/$name-$i.out" 2>"$WORK/$name-$i.log" &
+        PIDS+=("$!")
+        FUDDLE_PIDS+=("$!")
+        wait_for 30 grep -q 'listening on' "$WORK/$name-$i.out" ||
+            die "fuddle node $name-$i did not start (see $WORK/$name-$i.log)"
+        local addr
+        addr=$(sed -n 's/.* listening on \(.*\)$/\1/p' "$WORK/$name-$i.out" | head -n1)
+        [[ -n $seed ]] || seed=$addr
+        FUDDLE_ENDPOINTS+=("$addr")
+    done
+    local addrs
+    addrs=$(IFS=,; echo "${FUDDLE_ENDPOINTS[*]}")
+    wait_for 120 sh -c "'$CLI' --addr '$addrs' cluster status -o json |
+        jq -e '(.leader // 0) != 0 and ([.nodes[] | select(.voter)] | length) == $size'" ||
+        die "fuddle ($size nodes) did not reach $size voters and a leader (see $WORK/$name-*.log)"
+    log "compare-etcd: fuddle ($size nodes) healthy at ${FUDDLE_ENDPOINTS[*]}"
+}
+
+# --- measuring --------------------------------------------------------------
+
+SUMMARY=()
+RAW=()
+
+# Runs fuddle-bench against one target; its JSON result goes to file $1.
+bench() {
+    local out=$1 target=$2 endpoints=$3
+    shift 3
+    # In the background and waited for, so that an interrupt reaches the
+    # exit trap at once and the trap stops the bench as well.
+    "$BENCH" --target "$target" --endpoints "$endpoints" -o json "$@" >"$out" &
+    local pid=$!
+    PIDS+=("$pid")
+    wait "$pid"
+    forget "$pid"
+    RAW+=("$(cat "$out")")
+    [[ -z $RESULTS ]] || cat "$out" >>"$RESULTS"
+}
+
+# Drops a process that has ended from the list the exit trap stops.
+forget() {
+    local keep=() p
+    for p in "${PIDS[@]}"; do
+        [[ $p == "$1" ]] || keep+=("$p")
+    done
+    PIDS=("${keep[@]}")
+}
+
+# a / b to two decimals, or n/a.
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else printf "n/a" }'
+}
+
+# One result as a line: throughput, latency percentiles, errors.
+line() {
+    jq -r '
+        def ms: . * 100 | round / 100 | tostring + " ms";
+        (if .workload == "write"
+         then "\(.ops_per_s | round) ops/s"
+         else "\(.deliveries_per_s | round) deliveries/s (\(.missing) missing, \(.duplicates) dup, \(.resyncs) resyncs, setup \(.setup_s * 10 | round / 10)s)"
+         end) as $rate
+        | "\($rate)  p50 \(.latency.p50_ms | ms)  p99 \(.latency.p99_ms | ms)  p99.9 \(.latency.p999_ms | ms)  max \(.latency.max_ms | ms)  errors \(if .workload == "write" then .errors else .write_errors + .subscriber_errors end)\(if .first_error then " (first: \(.first_error))" else "" end)"
+    ' <<<"$1"
+}
+
+# Runs one workload against etcd, then Fuddle, and prints both and the ratio.
+compare() {
+    local title=$1 etcd_endpoints=$2 fuddle_endpoints=$3
+    shift 3
+    log ""
+    log "compare-etcd: $title"
+    bench "$WORK/etcd.json" etcd "$etcd_endpoints" "$@"
+    sleep "$PAUSE"
+    bench "$WORK/fuddle.json" fuddle "$fuddle_endpoints" "$@"
+    sleep "$PAUSE"
+    local etcd fuddle
+    etcd=$(cat "$WORK/etcd.json")
+    fuddle=$(cat "$WORK/fuddle.json")
+    local rate=.ops_per_s
+    [[ $1 == fanout ]] && rate=.deliveries_per_s
+    local speed p99
+    speed=$(ratio "$(jq "$rate" <<<"$fuddle")" "$(jq "$rate" <<<"$etcd")")
+    p99=$(ratio "$(jq .latency.p99_ms <<<"$fuddle")" "$(jq .latency.p99_ms <<<"$etcd")")
+    printf '\n== %s ==\n' "$title"
+    printf '  etcd    %s\n' "$(line "$etcd")"
+    printf '  fuddle  %s\n' "$(line "$fuddle")"
+    printf '  fuddle/etcd: throughput %s, p99 latency %s\n' "$speed" "$p99"
+    SUMMARY+=("$(printf '%-44s %12s %12s %9s %9s' "$title" \
+        "$(jq "$rate | round" <<<"$etcd")" "$(jq "$rate | round" <<<"$fuddle")" "$speed" "$p99")")
+}
+
+join_commas() {
+    local IFS=,
+    echo "$*"
+}
+
+printf 'Fuddle vs etcd on %s (%s cores, %s), %s\n' "$(hostname)" "$(nproc)" \
+    "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)" "$(date -u +%FT%TZ)"
+printf '%s; %s\n' "$(etcd --version | head -n1)" "$("$NODE" --version)"
+printf 'DURATION=%s WARMUP=%s CLIENTS=%s SUBSCRIBERS=%s UPDATES=%s FANOUT_WRITERS="%s" FANOUT_CONNS=%s\n' \
+    "$DURATION" "$WARMUP" "$CLIENTS" "$SUBSCRIBERS" "$UPDATES" "$FANOUT_WRITERS" "$FANOUT_CONNS"
+
+# Three nodes each.
+start_etcd etcd3 3
+start_fuddle fuddle3 3
+E3=$(join_commas "${ETCD_ENDPOINTS[@]}")
+F3=$(join_commas "${FUDDLE_ENDPOINTS[@]}")
+THREE=("${ETCD_PIDS[@]}" "${FUDDLE_PIDS[@]}")
+
+compare "write, 3 nodes, 1 client" "$E3" "$F3" \
+    write --clients 1 --duration "$DURATION" --warmup "$WARMUP"
+compare "write, 3 nodes, $CLIENTS clients" "$E3" "$F3" \
+    write --clients "$CLIENTS" --duration "$DURATION" --warmup "$WARMUP"
+for writers in $FANOUT_WRITERS; do
+    compare "fanout, 3 nodes, $SUBSCRIBERS subs, $writers writers" "$E3" "$F3" \
+        fanout --subscribers "$SUBSCRIBERS" --updates "$UPDATES" --writers "$writers" \
+        --conns "$FANOUT_CONNS" --deadline "$DEADLINE"
+done
+stop "${THREE[@]}"
+
+# One node each: the single writer's latency without replication.
+start_etcd etcd1 1
+start_fuddle fuddle1 1
+compare "write, 1 node, 1 client" "${ETCD_ENDPOINTS[0]}" "${FUDDLE_ENDPOINTS[0]}" \
+    write --clients 1 --duration "$DURATION" --warmup "$WARMUP"
+
+printf '\n== summary (throughput: ops/s or deliveries/s) ==\n'
+printf '%-44s %12s %12s %9s %9s\n' workload etcd fuddle ratio "p99 ratio"
+printf '%s\n' "${SUMMARY[@]}"
+printf '\n== raw results ==\n'
+printf '%s\n' "${RAW[@]}"
