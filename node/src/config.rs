@@ -20,6 +20,9 @@ pub struct Config {
     /// The address other nodes and clients should use, when it differs from
     /// `bind` (a wildcard bind, NAT). Defaults to the bound address.
     pub advertise: Option<String>,
+    /// The UDP address peers use for gossip, when it differs from the
+    /// advertised gRPC address (defaults to `advertise`, then the bind).
+    pub advertise_gossip: Option<String>,
     /// HTTP address for health and metrics; `None` disables it.
     pub http_bind: Option<SocketAddr>,
     /// Gossip seeds. Empty: bootstrap a new cluster if the data dir is new.
@@ -118,6 +121,7 @@ impl Config {
             data_dir: data_dir.into(),
             bind: SocketAddr::from(([127, 0, 0, 1], 8220)),
             advertise: None,
+            advertise_gossip: None,
             http_bind: None,
             join: Vec::new(),
             cluster_id: crate::gossip::DEFAULT_CLUSTER_ID.to_string(),

@@ -20,6 +20,9 @@ struct Args {
     /// The address other nodes and clients use for this node, if not --bind.
     #[arg(long)]
     advertise: Option<String>,
+    /// The address other nodes send gossip (UDP) to, if not --advertise.
+    #[arg(long)]
+    advertise_gossip: Option<String>,
     /// Gossip seeds of an existing cluster (HOST:PORT, comma-separated).
     #[arg(long, value_delimiter = ',')]
     join: Vec<String>,
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
     let mut config = Config::new(args.data_dir);
     config.bind = args.bind;
     config.advertise = args.advertise;
+    config.advertise_gossip = args.advertise_gossip;
     config.join = args.join;
     config.membership.dead_node_timeout = args.dead_node_timeout;
     config.cluster_id = args.cluster_id;

@@ -3,6 +3,7 @@
 //! `RaftMessage`, which keeps the internal proto small and lets openraft
 //! evolve its messages without a proto change.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use fuddle_proto::raft::RaftMessage;
@@ -29,7 +30,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Builds connections to peers.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// The source IP for connections to peers: the node's bind IP, so that
+    /// a peer (or a fault-injecting proxy in tests) sees which node calls.
+    pub local_ip: Option<IpAddr>,
+}
 
 /// A lazily connected channel to a peer's internal service.
 pub struct Connection {
@@ -42,8 +47,12 @@ pub struct Connection {
 }
 
 /// A gRPC channel to `addr` that connects on first use.
-pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+pub fn lazy_channel(
+    addr: &str,
+    local_ip: Option<IpAddr>,
+) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .local_address(local_ip)
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -55,7 +64,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Connection {
-        let client = lazy_channel(&node.addr).ok().map(|ch| {
+        let client = lazy_channel(&node.addr, self.local_ip).ok().map(|ch| {
             RaftClient::new(ch)
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX)

@@ -25,9 +25,19 @@ struct Peer {
 pub struct Peers {
     /// Channels by node id.
     peers: Mutex<HashMap<u64, Peer>>,
+    /// The source IP for connections (see [`crate::network::Network`]).
+    local_ip: Option<std::net::IpAddr>,
 }
 
 impl Peers {
+    /// Channels whose connections come from `local_ip`.
+    pub fn new(local_ip: Option<std::net::IpAddr>) -> Peers {
+        Peers {
+            peers: Mutex::default(),
+            local_ip,
+        }
+    }
+
     fn channel(&self, node: u64, addr: &str) -> Result<Channel, NodeError> {
         let mut peers = self.peers.lock().expect("peers lock poisoned");
         if let Some(peer) = peers.get(&node)
@@ -35,7 +45,7 @@ impl Peers {
         {
             return Ok(peer.channel.clone());
         }
-        let channel = lazy_channel(addr).map_err(|e| NodeError::Unreachable {
+        let channel = lazy_channel(addr, self.local_ip).map_err(|e| NodeError::Unreachable {
             node,
             addr: addr.to_string(),
             reason: e.to_string(),

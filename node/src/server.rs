@@ -96,7 +96,11 @@ async fn start_gossip(
     addr: &str,
     http_addr: &str,
 ) -> Result<Gossip, StartError> {
-    let advertise_gossip_addr = match &config.advertise {
+    let advertise_gossip_addr = match config
+        .advertise_gossip
+        .as_ref()
+        .or(config.advertise.as_ref())
+    {
         Some(a) => tokio::net::lookup_host(a.as_str())
             .await
             .ok()
@@ -236,14 +240,21 @@ impl Node {
             None => String::new(),
         };
 
+        // A wildcard bind lets the OS choose the source address.
+        let local_ip = Some(local_addr.ip()).filter(|ip| !ip.is_unspecified());
         let gossip = Arc::new(start_gossip(&config, id, local_addr, &addr, &http_addr).await?);
         let (log_store, sm) =
             open_stores(&dir, config.feed).map_err(|e| StartError::Storage(e.to_string()))?;
         let registry = sm.registry();
-        let raft =
-            Raft::<TypeConfig>::new(id, Arc::new(raft_config(&config)?), Network, log_store, sm)
-                .await
-                .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft = Raft::<TypeConfig>::new(
+            id,
+            Arc::new(raft_config(&config)?),
+            Network { local_ip },
+            log_store,
+            sm,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
         let initialized = raft
             .is_initialized()
             .await
@@ -261,7 +272,7 @@ impl Node {
 
         let shutdown = CancellationToken::new();
         let config = Arc::new(config);
-        let peers = Arc::new(Peers::default());
+        let peers = Arc::new(Peers::new(local_ip));
         let proposer = Proposer::start(
             id,
             raft.clone(),
