@@ -32,7 +32,12 @@ pub struct Session {
     /// The log index that opened the session.
     pub create_index: u64,
     /// Ids of the members this session owns, so that closing or expiring
-    /// the session touches only them.
+    /// the session touches only them. Not stored: it is an index of the
+    /// members' `client_id`, rebuilt on load (see
+    /// [`crate::RegistryState::rebuild_session_members`]), so that a write
+    /// to one member of a session that owns thousands does not rewrite
+    /// them all.
+    #[serde(skip)]
     pub members: BTreeSet<String>,
     /// Answers to recent writes by sequence number, so that a retried write
     /// is applied once and answered the same way (Raft thesis §6.3). Entries

@@ -71,6 +71,19 @@ impl Recorder {
 }
 
 impl RegistryState {
+    /// Fills every session's member index from the members' owners (the
+    /// index is not stored; see [`Session::members`]).
+    pub fn rebuild_session_members(&mut self) {
+        for session in self.sessions.values_mut() {
+            session.members.clear();
+        }
+        for (id, member) in &self.members {
+            if let Some(session) = self.sessions.get_mut(&member.client_id) {
+                session.members.insert(id.clone());
+            }
+        }
+    }
+
     /// Applies one log entry at `index`.
     pub fn apply(&mut self, index: u64, request: &Request) -> ApplyOutput {
         let mut rec = Recorder {
@@ -297,10 +310,10 @@ impl RegistryState {
             mod_index: index,
         };
         self.members.insert(spec.id.clone(), member.clone());
-        if let Some(session) = self.sessions.get_mut(&origin.client_id)
-            && session.members.insert(spec.id.clone())
-        {
-            rec.session(&origin.client_id);
+        // The member index is not stored, so the session record is
+        // unchanged by this.
+        if let Some(session) = self.sessions.get_mut(&origin.client_id) {
+            session.members.insert(spec.id.clone());
         }
         rec.member(&spec.id, before, Some(member.clone()));
         Ok(Outcome::Member(member))
@@ -356,7 +369,6 @@ impl RegistryState {
         let member = self.members.remove(id).expect("checked above");
         if let Some(session) = self.sessions.get_mut(&member.client_id) {
             session.members.remove(id);
-            rec.session(&member.client_id);
         }
         rec.member(id, Some(member), None);
         Ok(Outcome::Done)

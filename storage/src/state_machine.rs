@@ -125,6 +125,7 @@ impl StateMachineStore {
             let session: Session = decode(&value).map_err(|e| sm_err(ErrorVerb::Read, e))?;
             state.sessions.insert(session.client_id.clone(), session);
         }
+        state.rebuild_session_members();
         let get = |key: &[u8]| sm.get(key).map_err(read);
         let last_applied: Option<LogId> = match get(LAST_APPLIED_KEY)? {
             Some(v) => decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
@@ -321,7 +322,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let read = |e: postcard::Error| snapshot_err(ErrorVerb::Read, e);
         let write = |e: postcard::Error| snapshot_err(ErrorVerb::Write, e);
         let data = snapshot.into_inner();
-        let content: SnapshotContent = decode(&data).map_err(read)?;
+        let mut content: SnapshotContent = decode(&data).map_err(read)?;
+        content.state.rebuild_session_members();
 
         // One batch removes the old state and writes the new one, so a crash
         // leaves either the old state or the new one, never a mix.

@@ -734,3 +734,59 @@ async fn install_snapshot_resets_the_feed() {
         other => panic!("expected entry 7, got {other:?}"),
     }
 }
+
+/// A session's member index is not stored; after a restart (or a snapshot
+/// install) it is rebuilt from the members, so closing the session still
+/// removes exactly its members.
+#[tokio::test]
+async fn session_member_index_is_rebuilt_on_reopen_and_install() {
+    let tmp = TempDir::new().unwrap();
+    {
+        let (_dir, _log, mut sm) = open(tmp.path());
+        sm.apply(script()).await.unwrap();
+    }
+    let (_dir, _log, mut sm) = open(tmp.path());
+    let (state, index) = registry_of(&sm);
+    assert_eq!(
+        state.sessions["s1"].members,
+        state
+            .members
+            .values()
+            .filter(|m| m.client_id == "s1")
+            .map(|m| m.spec.id.clone())
+            .collect::<BTreeSet<_>>()
+    );
+    // Install the snapshot into a fresh store: the index is rebuilt there too.
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let other = TempDir::new().unwrap();
+    let (_dir2, _log2, mut sm2) = open(other.path());
+    sm2.install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(registry_of(&sm2).0, state);
+    // Closing s1 after the restart removes all its members and only them.
+    sm.apply([normal(
+        2,
+        index + 1,
+        vec![Command::CloseSession {
+            client_id: "s1".into(),
+        }],
+    )])
+    .await
+    .unwrap();
+    let (after, _) = registry_of(&sm);
+    assert!(after.members.values().all(|m| m.client_id != "s1"));
+    assert_eq!(
+        after.members.len(),
+        state
+            .members
+            .values()
+            .filter(|m| m.client_id != "s1")
+            .count()
+    );
+}
