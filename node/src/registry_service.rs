@@ -4,8 +4,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fuddle_proto::encoded::EncodedSubscribeResponse;
 use fuddle_proto::registry as pb;
-use fuddle_proto::registry::registry_server::Registry as RegistryRpc;
+use fuddle_proto::shared_server::registry_server::Registry as RegistryRpc;
 use fuddle_storage::{Command, Origin, Outcome};
 use futures::Stream;
 use rand::Rng;
@@ -154,7 +155,7 @@ impl RegistryService {
 #[tonic::async_trait]
 impl RegistryRpc for RegistryService {
     type SessionStream = BoxStream<pb::SessionResponse>;
-    type SubscribeStream = BoxStream<pb::SubscribeResponse>;
+    type SubscribeStream = BoxStream<EncodedSubscribeResponse>;
 
     async fn session(
         &self,

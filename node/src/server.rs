@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fuddle_proto::raft::raft_server::RaftServer;
-use fuddle_proto::registry::registry_server::RegistryServer;
+use fuddle_proto::shared_server::registry_server::RegistryServer;
 use fuddle_storage::{DataDir, NodeAddr, OpenError, TypeConfig, open_stores};
 use openraft::{Raft, SnapshotPolicy};
 use tokio::net::TcpListener;

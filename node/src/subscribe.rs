@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fuddle_proto::encoded::EncodedSubscribeResponse;
 use fuddle_proto::registry as pb;
 use fuddle_storage::{Applied, AppliedEntry, FeedItem, Filter, Registry};
 use tokio::sync::{broadcast, mpsc};
@@ -37,7 +38,7 @@ pub struct Subscription {
     pub progress_interval: Duration,
 }
 
-type Tx = mpsc::Sender<Result<pb::SubscribeResponse, Status>>;
+type Tx = mpsc::Sender<Result<EncodedSubscribeResponse, Status>>;
 
 /// Streams a subscription into `tx` until the client goes away or the node
 /// shuts down.
@@ -66,9 +67,15 @@ impl From<Gone> for NodeError {
 }
 
 async fn send(tx: &Tx, kind: pb::subscribe_response::Kind) -> Result<(), Gone> {
-    tx.send(Ok(pb::SubscribeResponse { kind: Some(kind) }))
-        .await
-        .map_err(|_| Gone)
+    send_encoded(tx, encode(kind)).await
+}
+
+fn encode(kind: pb::subscribe_response::Kind) -> EncodedSubscribeResponse {
+    EncodedSubscribeResponse::new(&pb::SubscribeResponse { kind: Some(kind) })
+}
+
+async fn send_encoded(tx: &Tx, message: EncodedSubscribeResponse) -> Result<(), Gone> {
+    tx.send(Ok(message)).await.map_err(|_| Gone)
 }
 
 enum Start {
@@ -226,6 +233,26 @@ async fn send_entry(
 ) -> Result<u64, Gone> {
     if entry.index <= last {
         return Ok(last);
+    }
+    if filter.is_all() {
+        // Every unfiltered subscriber sends the same bytes: the first one
+        // encodes, the rest share (a reference-counted buffer).
+        let bytes = entry.encoded.get_or_init(|| {
+            let changes = entry
+                .changes
+                .iter()
+                .filter_map(|c| change_to_pb(c, filter))
+                .collect();
+            encode(pb::subscribe_response::Kind::Events(pb::Events {
+                index: entry.index,
+                changes,
+            }))
+            .0
+        });
+        if !entry.changes.is_empty() {
+            send_encoded(tx, EncodedSubscribeResponse(bytes.clone())).await?;
+        }
+        return Ok(entry.index);
     }
     let changes: Vec<pb::Change> = entry
         .changes

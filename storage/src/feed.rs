@@ -3,7 +3,9 @@
 //! subscribers.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 use tokio::sync::broadcast;
 
@@ -16,6 +18,21 @@ pub struct AppliedEntry {
     pub index: u64,
     /// Its changes, all of them (subscribers see an entry whole).
     pub changes: Vec<Change>,
+    /// The entry as encoded for subscribers that see every change, made
+    /// once by the first one that needs it and shared by all: an opaque
+    /// slot for the node (storage never reads it).
+    pub encoded: OnceLock<Bytes>,
+}
+
+impl AppliedEntry {
+    /// An entry with nothing encoded yet.
+    pub fn new(index: u64, changes: Vec<Change>) -> AppliedEntry {
+        AppliedEntry {
+            index,
+            changes,
+            encoded: OnceLock::new(),
+        }
+    }
 }
 
 /// What the feed broadcasts.
@@ -123,16 +140,16 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, n: usize) -> AppliedEntry {
-        AppliedEntry {
+        AppliedEntry::new(
             index,
-            changes: (0..n)
+            (0..n)
                 .map(|i| Change {
                     id: format!("m{i}"),
                     before: None,
                     after: None,
                 })
                 .collect(),
-        }
+        )
     }
 
     #[test]

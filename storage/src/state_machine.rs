@@ -278,10 +278,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 &out.touched_sessions,
                             )
                             .map_err(write)?;
-                            published.push(AppliedEntry {
-                                index,
-                                changes: out.changes,
-                            });
+                            published.push(AppliedEntry::new(index, out.changes));
                             responses.push(Response {
                                 results: out.results,
                             });
