@@ -85,7 +85,7 @@ fn bench(c: &mut Criterion) {
                         for k in 0..iters {
                             let target = delivered.load(Ordering::Relaxed) + n as u64;
                             session
-                                .register(spec(format!("f-{}", (start_i + k) % 64)))
+                                .register(spec(format!("f{n}-{}", (start_i + k) % 64)))
                                 .await
                                 .unwrap();
                             while delivered.load(Ordering::Relaxed) < target {
