@@ -228,7 +228,13 @@ impl Core {
         )
         .await
         .map_err(|_| NodeError::Timeout(format!("waiting for node {node} at {addr}")))?
-        .map_err(|s| peer_error(node, addr, s))?;
-        Ok(answer.into_inner())
+        .map_err(|s| peer_error(node, addr, s))?
+        .into_inner();
+        // A node whose data dir was wiped may answer at the old address
+        // under a new id: that is not the node asked about.
+        match &answer.node {
+            Some(info) if info.id == node => Ok(answer),
+            _ => Err(NodeError::UnknownNode(node)),
+        }
     }
 }

@@ -16,6 +16,7 @@ use fuddle_storage::{Command, CommandResult, Request, TypeConfig};
 use openraft::Raft;
 use openraft::error::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
+use std::error::Error as _;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -278,20 +279,35 @@ async fn forward_call(
     let mut client = ctx.peers.raft(leader, addr)?;
     let mut request = tonic::Request::new(RaftMessage { data });
     request.set_timeout(FORWARD_TIMEOUT);
-    let reply = client
-        .forward(request)
-        .await
-        .map_err(|s| match peer_error(leader, addr, s) {
-            // Refused before anything was sent: surely not applied.
-            e @ NodeError::Unreachable { .. } if e.to_string().contains("connect") => e,
-            // Anything else may have reached the leader: the outcome is unknown,
-            // which must not read as UNAVAILABLE ("not carried out").
-            e => NodeError::Timeout(format!(
-                "lost the leader's answer ({e}); the write may have been applied"
-            )),
-        })?;
+    let reply = client.forward(request).await.map_err(|status| {
+        // Refused before anything was sent (no connection): surely not
+        // applied. Anything else may have reached the leader: the outcome
+        // is unknown, which must not read as UNAVAILABLE ("not carried out").
+        if chain_has::<tonic::ConnectError>(&status)
+            || status.code() == tonic::Code::Unavailable && status.source().is_none()
+        {
+            peer_error(leader, addr, status)
+        } else {
+            NodeError::Timeout(format!(
+                "lost the leader's answer ({}); the write may have been applied",
+                status.message()
+            ))
+        }
+    })?;
     decode(&reply.into_inner().data)
         .map_err(|e| NodeError::Internal(format!("undecodable forward reply: {e}")))
+}
+
+/// Whether an error of type `E` is anywhere in `err`'s source chain.
+fn chain_has<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// How long this leader has not heard from a quorum, if longer than

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::core::Core;
 use crate::forward::{ForwardBatch, ForwardReply, HeartbeatBatch, ReadIndexReply};
 use crate::network::TARGET_NODE_HEADER;
+use crate::peers::current_leader;
 
 /// Serves peers from a node's core.
 pub struct RaftService {
@@ -101,6 +102,11 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        // Only the leader's clock counts: a node that no longer leads refuses, so
+        // the follower keeps the heartbeats for the leader it finds next.
+        if current_leader(&self.core.raft).map(|(id, _)| id) != Some(self.core.id) {
+            return Err(Status::unavailable("this node is not the leader"));
+        }
         let batch: HeartbeatBatch = decode_request(request)?;
         self.core
             .heartbeats

@@ -106,7 +106,9 @@ async fn start_gossip(
             .ok()
             .and_then(|mut addrs| addrs.next())
             .ok_or_else(|| {
-                StartError::Config(format!("--advertise {a}: not a resolvable host:port"))
+                StartError::Config(format!(
+                    "{a}: not a resolvable host:port (from --advertise-gossip, or else --advertise)"
+                ))
             })?,
         None => local_addr,
     };
@@ -223,6 +225,12 @@ impl Node {
             addr: config.bind,
             source,
         })?;
+        if config.advertise.is_none() && local_addr.ip().is_unspecified() {
+            return Err(StartError::Config(format!(
+                "--bind {local_addr} is a wildcard address that peers and clients cannot use; \
+                 give the address to reach this node with --advertise HOST:PORT"
+            )));
+        }
         let addr = config
             .advertise
             .clone()

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 /// The on-disk format this build reads and writes. Bump it on any change of
 /// the stored encoding; a node refuses a data dir of another version.
-pub const FORMAT_VERSION: u32 = 1;
+/// History: 2 stopped storing a session's member ids (rebuilt on load).
+pub const FORMAT_VERSION: u32 = 2;
 
 const META_TREE: &str = "meta";
 const FORMAT_KEY: &str = "format_version";
