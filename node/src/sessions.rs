@@ -134,13 +134,19 @@ impl SessionClock {
         let mut present: Vec<&str> = Vec::new();
         for s in sessions {
             present.push(s.id);
-            let seen = self
-                .last_seen
-                .get(s.id)
-                .copied()
-                .unwrap_or(self.epoch)
-                .max(self.epoch);
             if s.up {
+                // A session this leader has not heard from yet (opened
+                // through a follower whose batched heartbeats have not
+                // arrived, or just after this leadership began) starts its
+                // clock the first time a tick finds it, not at the start
+                // of the leadership, which may be long past.
+                let seen = match self.last_seen.get(s.id) {
+                    Some(t) => (*t).max(self.epoch),
+                    None => {
+                        self.last_seen.insert(s.id.to_string(), now);
+                        now
+                    }
+                };
                 self.down_since.remove(s.id);
                 if now.saturating_duration_since(seen) > s.heartbeat_timeout && t.down.len() < max {
                     t.down.push(s.id.to_string());
@@ -458,6 +464,12 @@ mod tests {
         // Heard long ago (by another leader's standards): a reset forgives it.
         clock.heartbeat("a", t0);
         clock.reset(at(5000));
+        // The leader's first tick comes right after it is elected.
+        assert!(
+            clock
+                .tick(at(5000), WALL, [view("a", true)].into_iter(), 10)
+                .is_empty()
+        );
         assert!(
             clock
                 .tick(at(5900), WALL, [view("a", true)].into_iter(), 10)
@@ -501,11 +513,45 @@ mod tests {
         );
     }
 
+    /// Regression: a session opened through a follower long after this
+    /// leadership began was marked down at once, before the follower's
+    /// batched heartbeats reached the leader.
+    #[test]
+    fn a_session_new_to_the_leader_gets_a_full_timeout() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut clock = SessionClock::new(t0);
+        assert!(
+            clock
+                .tick(at(60_000), WALL, std::iter::empty(), 10)
+                .is_empty()
+        );
+        // First seen at 60 s, never heard from directly.
+        assert!(
+            clock
+                .tick(at(60_100), WALL, [view("new", true)].into_iter(), 10)
+                .is_empty()
+        );
+        assert!(
+            clock
+                .tick(at(61_000), WALL, [view("new", true)].into_iter(), 10)
+                .is_empty()
+        );
+        clock.heartbeat("new", at(61_050));
+        assert!(
+            clock
+                .tick(at(62_000), WALL, [view("new", true)].into_iter(), 10)
+                .is_empty()
+        );
+    }
+
     #[test]
     fn transitions_are_rate_limited() {
         let t0 = Instant::now();
         let mut clock = SessionClock::new(t0);
         let ids: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+        // Found at t0, then silent past the timeout.
+        clock.tick(t0, WALL, ids.iter().map(|id| view(id, true)), 4);
         let t = clock.tick(
             t0 + Duration::from_secs(2),
             WALL,
