@@ -22,6 +22,10 @@
 #   PAUSE=2           seconds of rest between two measurements
 #   KEEP=1            keep the temporary dir (data and logs) for a post-mortem
 #   RESULTS=FILE      also append every result (one JSON object a line) to FILE
+#
+# Each result line shows "cpu S+B cores": the cores the system's nodes
+# (S, over the whole bench run, setup included) and the load generator (B,
+# over the measured part) kept busy on average, out of $(nproc).
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -46,6 +50,16 @@ log() { printf '%s\n' "$*" >&2; }
 die() {
     log "compare-etcd: $*"
     exit 1
+}
+
+# Shows the end of some logs (the temporary dir goes away on exit).
+show_logs() {
+    local file
+    for file in "$@"; do
+        [[ -f $file ]] || continue
+        log "--- $file (last lines)"
+        tail -n 15 "$file" >&2
+    done
 }
 
 # Stops the given processes: SIGTERM (Fuddle hands leadership over, etcd
@@ -96,12 +110,14 @@ need() {
 }
 
 # A TCP port on 127.0.0.1 that nothing listens on and this script has not
-# handed out yet. Ports are random, so two runs at once rarely collide.
+# handed out yet. Ports are random, so two runs at once rarely collide, and
+# below Linux's ephemeral range (32768 and up by default), so that no
+# outgoing connection takes one between its choice and its use.
 TAKEN=" "
 free_port() {
     local port
     while :; do
-        port=$((20000 + RANDOM % 40000))
+        port=$((20000 + RANDOM % 12000))
         [[ $TAKEN == *" $port "* ]] && continue
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue
         TAKEN+="$port "
@@ -171,8 +187,10 @@ start_etcd() {
     local endpoint
     for endpoint in "${ETCD_ENDPOINTS[@]}"; do
         # /health answers true once the member sees a leader.
-        wait_for 60 sh -c "curl -fsS http://$endpoint/health | grep -q '\"health\":\"true\"'" ||
-            die "etcd $endpoint did not become healthy (see $WORK/$name-*.log; KEEP=1 keeps them)"
+        wait_for 60 sh -c "curl -fsS http://$endpoint/health | grep -q '\"health\":\"true\"'" || {
+            show_logs "$WORK/$name"-*.log
+            die "etcd $endpoint did not become healthy"
+        }
     done
     log "compare-etcd: etcd ($size nodes) healthy at ${ETCD_ENDPOINTS[*]}"
 }
@@ -197,8 +215,10 @@ start_fuddle() {
             >"$WORK/$name-$i.out" 2>"$WORK/$name-$i.log" &
         PIDS+=("$!")
         FUDDLE_PIDS+=("$!")
-        wait_for 30 grep -q 'listening on' "$WORK/$name-$i.out" ||
-            die "fuddle node $name-$i did not start (see $WORK/$name-$i.log)"
+        wait_for 30 grep -q 'listening on' "$WORK/$name-$i.out" || {
+            show_logs "$WORK/$name-$i.log"
+            die "fuddle node $name-$i did not start"
+        }
         local addr
         addr=$(sed -n 's/.* listening on \(.*\)$/\1/p' "$WORK/$name-$i.out" | head -n1)
         [[ -n $seed ]] || seed=$addr
@@ -207,8 +227,10 @@ start_fuddle() {
     local addrs
     addrs=$(IFS=,; echo "${FUDDLE_ENDPOINTS[*]}")
     wait_for 120 sh -c "'$CLI' --addr '$addrs' cluster status -o json |
-        jq -e '(.leader // 0) != 0 and ([.nodes[] | select(.voter)] | length) == $size'" ||
-        die "fuddle ($size nodes) did not reach $size voters and a leader (see $WORK/$name-*.log)"
+        jq -e '(.leader // 0) != 0 and ([.nodes[] | select(.voter)] | length) == $size'" || {
+        show_logs "$WORK/$name"-*.log
+        die "fuddle ($size nodes) did not reach $size voters and a leader"
+    }
     log "compare-etcd: fuddle ($size nodes) healthy at ${FUDDLE_ENDPOINTS[*]}"
 }
 
@@ -217,17 +239,38 @@ start_fuddle() {
 SUMMARY=()
 RAW=()
 
-# Runs fuddle-bench against one target; its JSON result goes to file $1.
+# CPU ticks (1/100 s) the given processes have used so far.
+cpu_ticks() {
+    local files=() pid
+    for pid in "$@"; do
+        files+=("/proc/$pid/stat")
+    done
+    # The command name in parentheses may hold spaces; utime and stime are
+    # the 12th and 13th fields after it.
+    awk '{ sub(/.*\) /, ""); split($0, f, " "); t += f[12] + f[13] } END { print t + 0 }' "${files[@]}"
+}
+
+# Runs fuddle-bench against one target; its JSON result, with the cores the
+# target's nodes kept busy on average during the run added, goes to file $1.
 bench() {
     local out=$1 target=$2 endpoints=$3
     shift 3
+    local servers=("${ETCD_PIDS[@]}")
+    [[ $target == fuddle ]] && servers=("${FUDDLE_PIDS[@]}")
+    local ticks_before started
+    ticks_before=$(cpu_ticks "${servers[@]}")
+    started=$(date +%s.%N)
     # In the background and waited for, so that an interrupt reaches the
     # exit trap at once and the trap stops the bench as well.
-    "$BENCH" --target "$target" --endpoints "$endpoints" -o json "$@" >"$out" &
+    "$BENCH" --target "$target" --endpoints "$endpoints" -o json "$@" >"$out.bench" &
     local pid=$!
     PIDS+=("$pid")
     wait "$pid"
     forget "$pid"
+    local cores
+    cores=$(awk -v t0="$ticks_before" -v t1="$(cpu_ticks "${servers[@]}")" \
+        -v w0="$started" -v w1="$(date +%s.%N)" 'BEGIN { printf "%.2f", (t1 - t0) / 100 / (w1 - w0) }')
+    jq -c --argjson cores "$cores" '. + {server_cpu_cores: $cores}' "$out.bench" >"$out"
     RAW+=("$(cat "$out")")
     [[ -z $RESULTS ]] || cat "$out" >>"$RESULTS"
 }
@@ -252,9 +295,9 @@ line() {
         def ms: . * 100 | round / 100 | tostring + " ms";
         (if .workload == "write"
          then "\(.ops_per_s | round) ops/s"
-         else "\(.deliveries_per_s | round) deliveries/s (\(.missing) missing, \(.duplicates) dup, \(.resyncs) resyncs, setup \(.setup_s * 10 | round / 10)s)"
+         else "\(.deliveries_per_s | round) deliveries/s (\(.missing) missing, \(.repeated) repeated, \(.resyncs) resyncs, setup \(.setup_s * 10 | round / 10)s)"
          end) as $rate
-        | "\($rate)  p50 \(.latency.p50_ms | ms)  p99 \(.latency.p99_ms | ms)  p99.9 \(.latency.p999_ms | ms)  max \(.latency.max_ms | ms)  errors \(if .workload == "write" then .errors else .write_errors + .subscriber_errors end)\(if .first_error then " (first: \(.first_error))" else "" end)"
+        | "\($rate)  p50 \(.latency.p50_ms | ms)  p99 \(.latency.p99_ms | ms)  p99.9 \(.latency.p999_ms | ms)  max \(.latency.max_ms | ms)  cpu \(.server_cpu_cores)+\(.bench_cpu_cores // 0 | . * 100 | round / 100) cores  errors \(if .workload == "write" then .errors else .write_errors + .subscriber_errors end)\(if .first_error then " (first: \(.first_error))" else "" end)"
     ' <<<"$1"
 }
 

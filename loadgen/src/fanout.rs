@@ -15,7 +15,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::args::{Cli, FanoutArgs};
 use crate::progress;
 use crate::report::{FanoutReport, Latency, histogram, record};
-use crate::system::{Received, Subscriber, System, Writer, now_ns, run_tag};
+use crate::system::{CpuMeter, Received, Subscriber, System, Writer, now_ns, run_tag};
 use crate::write::{micros, open_writers};
 
 /// How many subscriptions are being opened at once while setting up.
@@ -59,6 +59,7 @@ pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<
         })
         .collect();
 
+    let cpu = CpuMeter::start();
     let first_write_ns = now_ns();
     let write_start = Instant::now();
     let counts = split(args.updates, args.writers);
@@ -101,6 +102,7 @@ pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<
         }
     }
     bar.finish_and_clear();
+    let bench_cpu_cores = cpu.cores();
     for receiver in &receivers {
         receiver.abort();
     }
@@ -152,7 +154,7 @@ pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<
         expected,
         deliveries,
         missing: expected.saturating_sub(deliveries),
-        duplicates: shared.duplicates.load(Ordering::Relaxed),
+        repeated: shared.repeated.load(Ordering::Relaxed),
         delivery_window_s,
         deliveries_per_s: if delivery_window_s > 0.0 {
             deliveries as f64 / delivery_window_s
@@ -164,6 +166,7 @@ pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<
         first_error: first_error.or_else(|| shared.first_error.lock().expect("error lock").clone()),
         latency: Latency::of(&latency),
         write_latency: Latency::of(&write_latency),
+        bench_cpu_cores,
     })
 }
 
@@ -178,8 +181,8 @@ fn split(total: u32, parts: u32) -> Vec<u32> {
 struct Shared {
     /// Changes received, each counted once per subscriber.
     deliveries: AtomicU64,
-    /// Changes a subscriber received again.
-    duplicates: AtomicU64,
+    /// Changes that carried a write the subscriber had already received.
+    repeated: AtomicU64,
     /// When the latest delivery arrived, in Unix nanoseconds.
     last_delivery_ns: AtomicU64,
     resyncs: AtomicU64,
@@ -192,7 +195,7 @@ impl Shared {
     fn new() -> Self {
         Self {
             deliveries: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
+            repeated: AtomicU64::new(0),
             last_delivery_ns: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -207,7 +210,8 @@ impl Shared {
 async fn receive<Sub: Subscriber>(mut subscriber: Sub, shard: usize, shared: Arc<Shared>) {
     let mut sent = Vec::new();
     // Every write carries its own send time, so a time seen twice is a
-    // change delivered twice: both systems promise not to.
+    // write heard of twice: a duplicate (both systems promise none), or a
+    // change the system made to a written member (a status flap).
     let mut seen = HashSet::new();
     loop {
         sent.clear();
@@ -228,7 +232,7 @@ async fn receive<Sub: Subscriber>(mut subscriber: Sub, shard: usize, shared: Arc
                     }
                 }
                 shared.deliveries.fetch_add(fresh, Ordering::Relaxed);
-                shared.duplicates.fetch_add(repeated, Ordering::Relaxed);
+                shared.repeated.fetch_add(repeated, Ordering::Relaxed);
                 shared.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
             }
             Ok(Received::Resync) => {

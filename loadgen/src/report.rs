@@ -106,6 +106,9 @@ pub struct WriteReport {
     pub first_error: Option<String>,
     /// Latency of the successful writes, send to answer.
     pub latency: Latency,
+    /// Cores the load generator kept busy on average while writing (it
+    /// shares the machine with the cluster); absent where unknown.
+    pub bench_cpu_cores: Option<f64>,
 }
 
 impl fmt::Display for WriteReport {
@@ -127,6 +130,7 @@ impl fmt::Display for WriteReport {
             self.ops_per_s, self.ops
         )?;
         writeln!(f, "  latency     {}", self.latency)?;
+        write_cpu(f, self.bench_cpu_cores)?;
         write_errors(f, self.errors, self.first_error.as_deref())
     }
 }
@@ -158,14 +162,17 @@ pub struct FanoutReport {
     pub write_window_s: f64,
     /// Deliveries due: every successful write to every subscriber.
     pub expected: u64,
-    /// Changes received, summed over subscribers; a change one subscriber
-    /// received twice counts once.
+    /// Changes received, summed over subscribers; a write one subscriber
+    /// heard of twice counts once.
     pub deliveries: u64,
     /// Deliveries due that had not arrived by the deadline.
     pub missing: u64,
-    /// Changes a subscriber received more than once (a repeat is counted
-    /// here, not in `deliveries`).
-    pub duplicates: u64,
+    /// Changes that carried a write a subscriber had already received,
+    /// counted here and not in `deliveries`: a duplicate delivery, or a
+    /// change the system itself made to a written member (Fuddle: its
+    /// status going down and up again). Either way, traffic the workload
+    /// did not ask for.
+    pub repeated: u64,
     /// Seconds from the first write sent to the last delivery.
     pub delivery_window_s: f64,
     /// Deliveries per second over the delivery window.
@@ -181,6 +188,9 @@ pub struct FanoutReport {
     pub latency: Latency,
     /// Latency of the writes, send to answer.
     pub write_latency: Latency,
+    /// Cores the load generator kept busy on average from the first write
+    /// to the last delivery; absent where unknown.
+    pub bench_cpu_cores: Option<f64>,
 }
 
 impl fmt::Display for FanoutReport {
@@ -202,13 +212,13 @@ impl fmt::Display for FanoutReport {
         )?;
         writeln!(
             f,
-            "  throughput  {:.1} deliveries/s ({} of {} in {:.2}s; {} missing, {} duplicates)",
+            "  throughput  {:.1} deliveries/s ({} of {} in {:.2}s; {} missing, {} repeated)",
             self.deliveries_per_s,
             self.deliveries,
             self.expected,
             self.delivery_window_s,
             self.missing,
-            self.duplicates
+            self.repeated
         )?;
         writeln!(f, "  latency     {}", self.latency)?;
         writeln!(
@@ -217,6 +227,7 @@ impl fmt::Display for FanoutReport {
             self.writes, self.write_window_s, self.write_latency
         )?;
         writeln!(f, "  resyncs     {}", self.resyncs)?;
+        write_cpu(f, self.bench_cpu_cores)?;
         write_errors(
             f,
             self.write_errors + self.subscriber_errors,
@@ -229,6 +240,13 @@ fn target_name(target: Target) -> &'static str {
     match target {
         Target::Fuddle => "fuddle",
         Target::Etcd => "etcd",
+    }
+}
+
+fn write_cpu(f: &mut fmt::Formatter<'_>, cores: Option<f64>) -> fmt::Result {
+    match cores {
+        Some(cores) => writeln!(f, "  bench cpu   {cores:.2} cores"),
+        None => Ok(()),
     }
 }
 

@@ -2,7 +2,7 @@
 //! implement it, so both run exactly the same workload code.
 
 use std::future::Future;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
@@ -78,6 +78,43 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// The CPU time (user and system) this process has used so far, from
+/// `/proc/self/stat`; `None` where there is no such file. The load
+/// generator shares the machine with the cluster, so a report says how much
+/// of it the generator took.
+pub fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces; the fields after it do not.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the
+    // name, in ticks of USER_HZ, which Linux fixes at 100 for /proc.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Measures the CPU this process uses from now on, as average cores busy.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMeter {
+    wall: std::time::Instant,
+    cpu: Option<Duration>,
+}
+
+impl CpuMeter {
+    pub fn start() -> Self {
+        Self {
+            wall: std::time::Instant::now(),
+            cpu: cpu_time(),
+        }
+    }
+
+    /// Average cores busy since the start (1.0 = one core all the time).
+    pub fn cores(&self) -> Option<f64> {
+        let used = cpu_time()?.checked_sub(self.cpu?)?;
+        let wall = self.wall.elapsed().as_secs_f64();
+        (wall > 0.0).then(|| used.as_secs_f64() / wall)
+    }
+}
+
 /// A tag unique to this run: the process id and the start time.
 pub fn run_tag() -> String {
     format!("bench-{:x}-{:x}", std::process::id(), now_ns() / 1_000_000)
@@ -115,5 +152,16 @@ mod tests {
         // A payload smaller than the stamp still carries it whole.
         assert_eq!(stamped_value(7, 4).len(), STAMP_WIDTH);
         assert_eq!(read_stamp(b"short"), None);
+    }
+
+    #[test]
+    fn cpu_time_grows() {
+        let Some(before) = cpu_time() else { return };
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(cpu_time().unwrap() > before);
     }
 }

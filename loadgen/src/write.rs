@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::args::{Cli, WriteArgs};
 use crate::progress;
 use crate::report::{Latency, WriteReport, histogram, record};
-use crate::system::{System, Writer, run_tag};
+use crate::system::{CpuMeter, System, Writer, run_tag};
 
 /// How many sessions (leases) are opened at once while setting up: enough
 /// to set up hundreds of writers quickly, few enough not to be a load test
@@ -30,6 +30,7 @@ pub async fn run<S: System>(cli: &Cli, args: &WriteArgs, bars: bool) -> Result<W
     let writers = open_writers(&system, args.clients as usize, args.value_bytes, bars).await?;
 
     let start = Instant::now();
+    let cpu = CpuMeter::start();
     let window = Window {
         start: start + args.warmup,
         end: start + args.warmup + args.duration,
@@ -54,6 +55,7 @@ pub async fn run<S: System>(cli: &Cli, args: &WriteArgs, bars: bool) -> Result<W
         first_error = first_error.or(outcome.first_error);
         writers.push(outcome.writer);
     }
+    let bench_cpu_cores = cpu.cores();
     system.close_writers(writers).await;
 
     let duration_s = args.duration.as_secs_f64();
@@ -71,6 +73,7 @@ pub async fn run<S: System>(cli: &Cli, args: &WriteArgs, bars: bool) -> Result<W
         errors,
         first_error,
         latency: Latency::of(&latencies),
+        bench_cpu_cores,
     })
 }
 
