@@ -40,7 +40,8 @@ enum Failure {
     /// down); it did not apply it.
     Refused(Error),
     /// The request may or may not have been processed: the connection
-    /// broke or the answer did not come in time.
+    /// broke, or the answer did not come in time (the client's timeout, or
+    /// the node's `DEADLINE_EXCEEDED`).
     Unknown(Error),
     /// A definitive answer; trying elsewhere would not change it.
     Final(Error),
@@ -152,6 +153,10 @@ fn classify(node: &Node, status: Status) -> Failure {
     }
     match status.code() {
         Code::Unavailable => Failure::Refused(Error::from(status)),
+        // The node gave up waiting (for the commit, or for the leader's
+        // answer to a forwarded write): the request may or may not have
+        // been carried out, exactly as when the client itself times out.
+        Code::DeadlineExceeded => Failure::Unknown(Error::from(status)),
         _ => Failure::Final(Error::from(status)),
     }
 }
@@ -166,4 +171,32 @@ fn chain_has<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
         current = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nodes::Nodes;
+    use crate::options::ClientOptions;
+
+    fn classified(status: Status) -> &'static str {
+        let nodes = Nodes::new(vec!["127.0.0.1:1".into()], &ClientOptions::default()).unwrap();
+        match classify(nodes.get(0), status) {
+            Failure::NotSent(_) => "not sent",
+            Failure::Refused(_) => "refused",
+            Failure::Unknown(_) => "unknown",
+            Failure::Final(_) => "final",
+        }
+    }
+
+    #[test]
+    fn a_node_side_timeout_leaves_the_outcome_open() {
+        // A session write is repeated after it (same seq); an operator's
+        // write is not.
+        let status = Status::deadline_exceeded("lost the leader's answer");
+        assert_eq!(classified(status), "unknown");
+        assert_eq!(classified(Status::unavailable("no leader")), "refused");
+        assert_eq!(classified(Status::not_found("member")), "final");
+        assert_eq!(classified(Status::failed_precondition("stale")), "final");
+    }
 }

@@ -289,7 +289,7 @@ async fn forward_call(
             peer_error(leader, addr, status)
         } else {
             NodeError::Timeout(format!(
-                "lost the leader's answer ({}); the write may have been applied",
+                "waiting for the leader's answer, which was lost ({}); the write may have been applied",
                 status.message()
             ))
         }

@@ -82,9 +82,10 @@ impl DataDir {
         let db = sled::Config::new()
             .path(path.join("db"))
             .cache_capacity(cache_bytes)
-            // Durability comes from flush_async at the right points, not
-            // from sled's background flusher.
-            .flush_every_ms(Some(1000))
+            // Durability comes from flushes at the right points, not from
+            // sled's background flusher, which could also deadlock with
+            // batches (see `gate`).
+            .flush_every_ms(None)
             .open()
             .map_err(|e| classify(&path, e))?;
         let dir = DataDir { db, path };
@@ -129,6 +130,7 @@ impl DataDir {
                 }
                 meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
                     .map_err(|e| classify(&self.path, e))?;
+                let _gate = crate::gate::enter_blocking();
                 self.db.flush().map_err(|e| classify(&self.path, e))?;
             }
         }
@@ -148,6 +150,7 @@ impl DataDir {
         let meta = self.meta()?;
         meta.insert(NODE_ID_KEY, &id.to_be_bytes())
             .map_err(|e| classify(&self.path, e))?;
+        let _gate = crate::gate::enter_blocking();
         self.db.flush().map_err(|e| classify(&self.path, e))?;
         Ok(())
     }

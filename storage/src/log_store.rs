@@ -14,6 +14,7 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError,
 
 use crate::codec::{decode, encode, index_key, key_index};
 use crate::data_dir::DataDir;
+use crate::gate;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 const LOG_TREE: &str = "log";
@@ -90,6 +91,7 @@ impl LogStore {
     }
 
     async fn flush(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
+        let _gate = gate::enter().await;
         self.db
             .flush_async()
             .await
@@ -188,10 +190,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 encode(&entry).map_err(logs_write)?,
             );
         }
+        let gate = gate::enter().await;
         self.log.apply_batch(batch).map_err(logs_write)?;
         // Only data on disk may be reported durable: an acknowledged write
         // must survive a crash.
         let flushed = self.db.flush_async().await;
+        drop(gate);
         match flushed {
             Ok(_) => {
                 callback.log_io_completed(Ok(()));
@@ -211,7 +215,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (key, _) = item.map_err(logs_read)?;
             batch.remove(key);
         }
-        self.log.apply_batch(batch).map_err(logs_write)?;
+        {
+            let _gate = gate::enter().await;
+            self.log.apply_batch(batch).map_err(logs_write)?;
+        }
         self.flush(ErrorSubject::Logs).await
     }
 
@@ -224,6 +231,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (key, _) = item.map_err(logs_read)?;
             batch.remove(key);
         }
+        let _gate = gate::enter().await;
         self.log.apply_batch(batch).map_err(logs_write)?;
         Ok(())
     }

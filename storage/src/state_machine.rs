@@ -19,6 +19,7 @@ use crate::codec::{decode, encode};
 use crate::command::Response;
 use crate::data_dir::DataDir;
 use crate::feed::{AppliedEntry, FeedConfig};
+use crate::gate;
 use crate::member::Member;
 use crate::registry::{Applied, Registry};
 use crate::session::Session;
@@ -230,10 +231,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         self.snapshots
             .insert(CURRENT_SNAPSHOT_KEY, encode(&stored).map_err(write)?)
             .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        {
+            let _gate = gate::enter().await;
+            self.db
+                .flush_async()
+                .await
+                .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -260,6 +264,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut published = Vec::new();
         let raft = self.raft.clone();
         let sm = &self.sm;
+        // Held through the batch below (see `gate`).
+        let _gate = gate::enter().await;
         self.registry
             .update(|applied| -> Result<(), StorageError> {
                 let mut raft = raft.lock().expect("state machine lock poisoned");
@@ -321,6 +327,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let mut content: SnapshotContent = decode(&data).map_err(read)?;
         content.state.rebuild_session_members();
+        // The content names the log id and membership it was built at; a
+        // mismatch with the metadata means a corrupt or mixed-up transfer.
+        if content.last_applied != meta.last_log_id || content.membership != meta.last_membership {
+            let e = std::io::Error::other("snapshot content does not match its metadata");
+            return Err(snapshot_err(ErrorVerb::Read, e));
+        }
 
         // One batch removes the old state and writes the new one, so a crash
         // leaves either the old state or the new one, never a mix.
@@ -340,6 +352,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             MEMBERSHIP_KEY,
             encode(&meta.last_membership).map_err(write)?,
         );
+        let gate = gate::enter().await;
         self.sm
             .apply_batch(batch)
             .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
@@ -354,11 +367,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .flush_async()
             .await
             .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        drop(gate);
 
         let index = meta.last_log_id.map_or(0, |l| l.index);
         let raft = self.raft.clone();
-        let _ = content.last_applied;
-        let _ = content.membership;
         self.registry.update(|applied| {
             let mut raft = raft.lock().expect("state machine lock poisoned");
             raft.last_applied = meta.last_log_id;

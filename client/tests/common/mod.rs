@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fuddle_client::{Client, ClientOptions, Consistency, Filter, Member};
 use fuddle_node::{Config, Node};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Generous: tests wait on conditions, never on speed.
 pub const DEADLINE: Duration = Duration::from_secs(45);
@@ -95,12 +96,22 @@ pub async fn get(client: &Client, id: &str) -> Option<Member> {
     }
 }
 
+/// How many tests of this binary run nodes at the same time, whatever
+/// `--test-threads` says. sled 0.34 guards every database of a process with
+/// one global lock, and with some twenty nodes in one process it was seen
+/// to deadlock (a `flush_async` holding the lock's read side while waiting
+/// for IO that needs it, behind a queued `apply_batch` writer). A few
+/// clusters at a time also keep the timings of a loaded machine sane.
+static SLOTS: Semaphore = Semaphore::const_new(3);
+
 /// In-process nodes; a slot is `None` once its node was shut down.
 pub struct Cluster {
     pub nodes: Vec<Option<Node>>,
     /// Each node's gRPC address, `host:port`, in start order.
     pub addrs: Vec<String>,
     _dirs: Vec<tempfile::TempDir>,
+    /// Released when the cluster is gone.
+    _slot: SemaphorePermit<'static>,
 }
 
 impl Cluster {
@@ -117,6 +128,7 @@ impl Cluster {
     }
 
     async fn start(n: usize) -> Cluster {
+        let slot = SLOTS.acquire().await.expect("the semaphore is never closed");
         let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
         let first = Node::start(config(dirs[0].path(), vec![])).await.unwrap();
         let seed = first.local_addr.to_string();
@@ -136,6 +148,7 @@ impl Cluster {
             nodes,
             addrs,
             _dirs: dirs,
+            _slot: slot,
         };
         cluster.ready().await;
         cluster
