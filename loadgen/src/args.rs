@@ -62,6 +62,9 @@ pub enum Command {
     /// writers make; measures deliveries per second and send-to-delivery
     /// latency.
     Fanout(FanoutArgs),
+    /// Fuddle only: register many distinct members, then time a full list
+    /// and a new subscription's first snapshot.
+    Scale(crate::scale::ScaleArgs),
 }
 
 #[derive(Debug, Args)]

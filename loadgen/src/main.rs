@@ -8,6 +8,7 @@ mod fanout;
 mod fuddle;
 mod progress;
 mod report;
+mod scale;
 mod system;
 mod write;
 
@@ -48,6 +49,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         (Command::Fanout(args), Target::Etcd) => {
             Report::Fanout(fanout::run::<etcd::Etcd>(&cli, args, bars).await?)
+        }
+        (Command::Scale(args), Target::Fuddle) => {
+            Report::Scale(scale::run(&cli.endpoints, args).await?)
+        }
+        (Command::Scale(_), Target::Etcd) => {
+            anyhow::bail!("scale measures Fuddle only")
         }
     };
     match cli.output {

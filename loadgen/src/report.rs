@@ -66,6 +66,7 @@ impl fmt::Display for Latency {
 pub enum Report {
     Write(WriteReport),
     Fanout(FanoutReport),
+    Scale(crate::scale::ScaleReport),
 }
 
 impl fmt::Display for Report {
@@ -73,6 +74,7 @@ impl fmt::Display for Report {
         match self {
             Report::Write(report) => report.fmt(f),
             Report::Fanout(report) => report.fmt(f),
+            Report::Scale(report) => report.fmt(f),
         }
     }
 }

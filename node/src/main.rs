@@ -55,6 +55,10 @@ struct Args {
     /// How often the leader checks sessions for missed heartbeats.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     session_tick: std::time::Duration,
+    /// sled's page cache, in MiB (sled's own default of 1 GiB is far more
+    /// than a registry needs).
+    #[arg(long, default_value_t = 64)]
+    cache_mb: u64,
     /// HTTP address for health and metrics.
     #[arg(long, default_value = "127.0.0.1:8221")]
     http_bind: SocketAddr,
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
     config.raft.snapshot_every = args.snapshot_every;
     config.raft.keep_behind_snapshot = args.keep_behind_snapshot;
     config.sessions.tick = args.session_tick;
+    config.cache_bytes = args.cache_mb << 20;
     config.http_bind = Some(args.http_bind);
     config.sessions.min_heartbeat_timeout = args.min_heartbeat_timeout;
     config.sessions.min_reconnect_timeout = args.min_reconnect_timeout;
