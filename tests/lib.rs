@@ -278,6 +278,14 @@ impl NodeProcess {
     /// `join` (empty: bootstrap), with [`FAST_TIMINGS`] and `extra_args`.
     /// Returns once the node has printed its ready line.
     pub fn start(name: &str, join: &[&str], extra_args: &[&str]) -> NodeProcess {
+        NodeProcess::start_bound(name, "127.0.0.1:0", join, extra_args)
+    }
+
+    /// [`NodeProcess::start`] with the node bound to `bind` (`IP:PORT`;
+    /// port 0 picks one). The fault tests give each node its own loopback
+    /// IP, and a port chosen in advance so that `--advertise` can name a
+    /// proxy before the node starts.
+    pub fn start_bound(name: &str, bind: &str, join: &[&str], extra_args: &[&str]) -> NodeProcess {
         let root = tempfile::Builder::new()
             .prefix(&format!("fuddle-test-{name}-"))
             .tempdir()
@@ -294,13 +302,44 @@ impl NodeProcess {
             extra: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             logs: Vec::new(),
         };
-        if let Err(failure) = node.spawn("127.0.0.1:0") {
+        if let Err(failure) = node.spawn(bind) {
             panic!(
                 "node {name} did not start (exit status {:?}):\n{}",
                 failure.status, failure.log
             );
         }
         node
+    }
+
+    /// Starts a node named `name` whose data dir `prepare` sets up first
+    /// (copies a damaged data dir in, mounts a small file system on it...),
+    /// with [`FAST_TIMINGS`] and `extra_args`. A node that exits (or is not
+    /// ready within [`START_DEADLINE`]) is an `Err` with its exit status and
+    /// log rather than a panic: some tests expect a node to refuse to start.
+    pub fn try_start_prepared(
+        name: &str,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> Result<NodeProcess, StartFailure> {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("fuddle-test-{name}-"))
+            .tempdir()
+            .expect("a temporary directory");
+        let root_path = root.path().to_path_buf();
+        let mut node = NodeProcess {
+            name: name.to_owned(),
+            root: Some(root),
+            root_path,
+            child: None,
+            id: 0,
+            addr: String::new(),
+            join: Vec::new(),
+            extra: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            logs: Vec::new(),
+        };
+        prepare(&node.data_dir());
+        node.spawn("127.0.0.1:0")?;
+        Ok(node)
     }
 
     /// The node's id, as it printed it.
@@ -434,6 +473,45 @@ impl NodeProcess {
                 self.name, failure.status, failure.log
             );
         }
+    }
+
+    /// Starts the stopped node again on its data dir and on exactly its
+    /// old address (nodes advertised through a proxy must keep it), trying
+    /// for a while if the port is not free yet. Returns once it is ready.
+    pub fn restart_same_addr(&mut self) {
+        assert!(self.child.is_none(), "restart a node that is stopped");
+        let addr = self.addr.clone();
+        let started = Instant::now();
+        loop {
+            let failure = match self.spawn(&addr) {
+                Ok(()) => return,
+                Err(failure) => failure,
+            };
+            // "cannot listen on ADDR: Address already in use" (gRPC), or
+            // the gossip socket's equivalent; not the data dir's lock.
+            let port_taken =
+                failure.log.contains("already in use") && !failure.log.contains("another process");
+            if !port_taken || started.elapsed() >= START_DEADLINE {
+                panic!(
+                    "node {} did not restart on {addr} (exit status {:?}):\n{}",
+                    self.name, failure.status, failure.log
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Sends `signal` to the running node (SIGSTOP, SIGCONT...).
+    pub fn signal(&self, signal: Signal) {
+        send_signal(self.child.as_ref().expect("signal a running node"), signal);
+    }
+
+    /// Starts the stopped node again on its data dir, on a new port. A
+    /// node that exits instead of becoming ready is an `Err` with its exit
+    /// status and log, not a panic (a data dir that must be refused).
+    pub fn try_restart(&mut self) -> Result<(), StartFailure> {
+        assert!(self.child.is_none(), "restart a node that is stopped");
+        self.spawn("127.0.0.1:0")
     }
 
     /// Runs `fuddle-cli --addr <this node> args...`.

@@ -103,7 +103,27 @@ impl Core {
     /// already applied here when this returns).
     pub async fn leader_read_index(&self) -> Result<u64, NodeError> {
         match tokio::time::timeout(READ_BARRIER_TIMEOUT, self.raft.ensure_linearizable()).await {
-            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
+            Ok(Ok(log_id)) => {
+                // A leader may answer reads only once it has applied an
+                // entry of its own term (Raft §8): before that, what it
+                // knows to be committed can lag the cluster's commit point.
+                let mut metrics = self.raft.metrics();
+                let own_term = tokio::time::timeout(READ_BARRIER_TIMEOUT, async {
+                    metrics
+                        .wait_for(|m| {
+                            m.last_applied
+                                .is_some_and(|l| l.leader_id.term == m.current_term)
+                        })
+                        .await
+                        .is_ok()
+                })
+                .await;
+                if own_term != Ok(true) {
+                    return Err(NodeError::NoLeader);
+                }
+                let applied = self.registry.index();
+                Ok(log_id.map_or(0, |l| l.index).max(applied))
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(match (f.leader_id, f.leader_node) {
                     (Some(id), Some(node)) => NodeError::NotLeader {

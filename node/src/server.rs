@@ -277,6 +277,28 @@ impl Node {
                 .map_err(|e| StartError::Raft(e.to_string()))?;
             tracing::info!(node = id, "bootstrapped a new one-voter cluster");
         }
+        if initialized {
+            // openraft 0.9 restarts a node whose saved vote is its own as
+            // leader, without an election (openraft issue #1511); its read
+            // index can then lag the true commit point, which was saved
+            // unflushed. An election in a new term makes it commit an entry
+            // of its own term first (see `Core::leader_read_index`).
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                let mut metrics = raft.metrics();
+                let led = tokio::time::timeout(Duration::from_secs(1), async {
+                    metrics
+                        .wait_for(|m| m.current_leader == Some(id) && m.state.is_leader())
+                        .await
+                        .is_ok()
+                })
+                .await;
+                if led == Ok(true) {
+                    tracing::info!(node = id, "restarted as leader; holding an election");
+                    let _ = raft.trigger().elect().await;
+                }
+            });
+        }
 
         let shutdown = CancellationToken::new();
         let config = Arc::new(config);
