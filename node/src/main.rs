@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()),
+                .unwrap_or_else(|_| "info,openraft=warn,sled=warn,chitchat=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -122,8 +122,15 @@ fn main() -> ExitCode {
             "fuddle-node {} listening on {}",
             node.core.id, node.local_addr
         );
-        node.run_until(shutdown_signal()).await;
-        ExitCode::SUCCESS
+        match node.run_until(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(reason) => {
+                eprintln!("error: {reason}");
+                // Leave at once: a runtime whose Raft has failed may hold
+                // tasks that never finish, and dropping it would wait.
+                std::process::exit(1)
+            }
+        }
     })
 }
 

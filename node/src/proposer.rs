@@ -168,6 +168,9 @@ fn split(batch: Vec<Pending>) -> (Vec<Command>, Vec<Route>, Vec<oneshot::Sender<
 async fn submit_batch(ctx: &Ctx, commands: Vec<Command>, routes: &[Route]) -> Vec<Proposed> {
     let n = commands.len();
     let deadline = Instant::now() + PROPOSE_TIMEOUT;
+    if let Some(e) = raft_stopped(&ctx.raft) {
+        return vec![Err(e); n];
+    }
     loop {
         let leader = match current_leader(&ctx.raft) {
             Some(l) => l,
@@ -296,6 +299,17 @@ async fn forward_call(
     })?;
     decode(&reply.into_inner().data)
         .map_err(|e| NodeError::Internal(format!("undecodable forward reply: {e}")))
+}
+
+/// Why Raft has stopped on this node (a storage failure such as a full
+/// disk), if it has: writes then fail at once, naming the cause.
+pub fn raft_stopped(raft: &Raft<TypeConfig>) -> Option<NodeError> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    m.running_state
+        .as_ref()
+        .err()
+        .map(|fatal| NodeError::Internal(format!("raft stopped on this node: {fatal}")))
 }
 
 /// Whether an error of type `E` is anywhere in `err`'s source chain.

@@ -406,6 +406,11 @@ impl RegistryRpc for RegistryService {
                 filter,
                 since_index: request.since_index,
                 progress_interval,
+                leader_last_index: {
+                    let metrics = self.core.raft.metrics();
+                    let m = metrics.borrow();
+                    (m.current_leader == Some(self.core.id)).then(|| m.last_log_index.unwrap_or(0))
+                },
             },
             tx,
             self.core.shutdown.clone(),

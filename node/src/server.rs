@@ -386,10 +386,32 @@ impl Node {
         })
     }
 
-    /// Runs until `signal` completes, then shuts down cleanly.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) {
-        signal.await;
-        self.shutdown().await;
+    /// Runs until `signal` completes, then shuts down cleanly. Returns the
+    /// reason instead if Raft stops on its own (a storage failure such as a
+    /// full disk): a node that can no longer write should exit, so that a
+    /// supervisor restarts it, rather than linger half alive.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), String> {
+        let mut metrics = self.core.raft.metrics();
+        let stopped = async {
+            let _ = metrics.wait_for(|m| m.running_state.is_err()).await;
+            match &metrics.borrow().running_state {
+                Err(fatal) => fatal.to_string(),
+                Ok(()) => "raft stopped".to_string(),
+            }
+        };
+        let result = tokio::select! {
+            _ = signal => Ok(()),
+            reason = stopped => Err(format!("raft stopped: {reason}")),
+        };
+        // After a fatal error parts of Raft may never answer again: bound
+        // the clean-up rather than hang the exit.
+        if tokio::time::timeout(Duration::from_secs(10), self.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown did not finish in 10 s; exiting anyway");
+        }
+        result
     }
 
     /// Stops serving: streams are told to reconnect elsewhere, Raft stops,

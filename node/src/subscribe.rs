@@ -36,6 +36,9 @@ pub struct Subscription {
     pub since_index: Option<u64>,
     /// Progress interval on an idle stream.
     pub progress_interval: Duration,
+    /// When the serving node leads: its last log index, past which no
+    /// `since_index` can be valid (no such index was ever handed out).
+    pub leader_last_index: Option<u64>,
 }
 
 type Tx = mpsc::Sender<Result<EncodedSubscribeResponse, Status>>;
@@ -89,6 +92,15 @@ fn snapshot_of(applied: &Applied, filter: &Filter) -> Start {
 
 async fn stream(registry: &Registry, sub: &Subscription, tx: &Tx) -> Result<(), NodeError> {
     if let Some(since) = sub.since_index {
+        if let Some(last) = sub.leader_last_index
+            && since > last
+        {
+            // Nothing past the leader's log was ever handed out, and
+            // waiting would not help.
+            return Err(NodeError::BadRequest(format!(
+                "since_index: {since} is beyond the last index of the log, {last}"
+            )));
+        }
         wait_for_index(registry, since).await?;
     }
     let (start, mut rx) = registry.read_and_subscribe(|applied| match sub.since_index {

@@ -79,6 +79,8 @@ impl DataDir {
             path: path.clone(),
             source,
         })?;
+        remove_unfinished_sled_snapshots(&path.join("db"));
+        let marker = read_marker(&path)?;
         let db = sled::Config::new()
             .path(path.join("db"))
             .cache_capacity(cache_bytes)
@@ -89,8 +91,30 @@ impl DataDir {
             .open()
             .map_err(|e| classify(&path, e))?;
         let dir = DataDir { db, path };
-        dir.check_format()?;
+        dir.check_format(marker)?;
+        match (marker, dir.node_id()?) {
+            (Some(m), Some(id)) if m != id => {
+                return Err(dir.damaged(format!(
+                    "its marker names node {m} but its database node {id}"
+                )));
+            }
+            (Some(m), None) => {
+                return Err(dir.damaged(format!(
+                    "its marker names node {m} but its database has no node id"
+                )));
+            }
+            // A data dir from before markers existed gets one now.
+            (None, Some(id)) => write_marker(&dir.path, id)?,
+            _ => {}
+        }
         Ok(dir)
+    }
+
+    fn damaged(&self, why: String) -> OpenError {
+        OpenError::Corrupt {
+            path: self.path.clone(),
+            detail: why,
+        }
     }
 
     fn meta(&self) -> Result<sled::Tree, OpenError> {
@@ -99,7 +123,7 @@ impl DataDir {
             .map_err(|e| classify(&self.path, e))
     }
 
-    fn check_format(&self) -> Result<(), OpenError> {
+    fn check_format(&self, marker: Option<u64>) -> Result<(), OpenError> {
         let meta = self.meta()?;
         match meta.get(FORMAT_KEY).map_err(|e| classify(&self.path, e))? {
             Some(v) => {
@@ -115,6 +139,14 @@ impl DataDir {
                         found: found.to_string(),
                     });
                 }
+            }
+            None if marker.is_some() => {
+                // sled opens a truncated or garbled database as a new, empty
+                // one; the marker outside it says this data dir held a node.
+                return Err(self.damaged(
+                    "its database has lost its contents (the marker file says a node lived here)"
+                        .into(),
+                ));
             }
             None => {
                 // A database with data but no version is not ours.
@@ -150,9 +182,69 @@ impl DataDir {
         let meta = self.meta()?;
         meta.insert(NODE_ID_KEY, &id.to_be_bytes())
             .map_err(|e| classify(&self.path, e))?;
-        let _gate = crate::gate::enter_blocking();
+        let gate = crate::gate::enter_blocking();
         self.db.flush().map_err(|e| classify(&self.path, e))?;
-        Ok(())
+        drop(gate);
+        write_marker(&self.path, id)
+    }
+}
+
+/// The file beside the database that records, once and durably, that this
+/// data dir holds node N. sled 0.34 opens a database that was truncated or
+/// overwritten as a new, empty one; without this marker a damaged data dir
+/// would silently start afresh.
+const MARKER_FILE: &str = "FUDDLE_NODE";
+
+fn read_marker(dir: &Path) -> Result<Option<u64>, OpenError> {
+    let file = dir.join(MARKER_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => text
+            .lines()
+            .find_map(|l| l.strip_prefix("node "))
+            .and_then(|id| id.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| OpenError::Corrupt {
+                path: dir.to_path_buf(),
+                detail: format!("{} is unreadable", file.display()),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(OpenError::Io {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn write_marker(dir: &Path, id: u64) -> Result<(), OpenError> {
+    use std::io::Write;
+    let io = |source| OpenError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let tmp = dir.join(format!("{MARKER_FILE}.tmp"));
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    writeln!(file, "fuddle data dir\nformat {FORMAT_VERSION}\nnode {id}").map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, dir.join(MARKER_FILE)).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
+}
+
+/// sled writes a snapshot of its page table to `snap.*.generating` and
+/// renames it when done; a crash (or a full disk) can leave the unfinished
+/// file behind, which sled then takes for corruption. It is never needed.
+fn remove_unfinished_sled_snapshots(db: &Path) {
+    let Ok(entries) = std::fs::read_dir(db) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 

@@ -593,7 +593,7 @@ fn a_foreign_or_unreadable_data_dir_is_refused_clearly() {
 /// id (bootstrapping a new one-node cluster) and sometimes under its old id
 /// with an empty Raft log.
 #[test]
-#[ignore = "bug: a damaged sled log is silently truncated (storage/src/data_dir.rs DataDir::open, check_format): the node starts without acknowledged writes, or re-bootstraps under its old or a new id, instead of refusing to start"]
+#[ignore = "bug: sled 0.34 silently drops the log after a damaged segment (bytes flipped, file cut in half): the node starts without acknowledged writes instead of refusing. A database truncated to nothing or overwritten is now refused (the FUDDLE_NODE marker); a high-water mark of the durable log outside sled would catch the rest"]
 fn a_damaged_data_dir_is_refused_or_keeps_every_acknowledged_write() {
     let seed = seed();
     let good = good_data_dir("damaged", 8);
@@ -845,7 +845,11 @@ fn a_full_disk_loses_no_acknowledged_write() {
     if node.is_running() {
         let stale = node.list("stale").map(|l| l.members.len());
         eprintln!("a stale list on the full node: {stale:?}");
-        assert!(stale.is_ok(), "a stale read needs no disk: {stale:?}");
+        // Unless the node has meanwhile exited on its failed Raft.
+        assert!(
+            stale.is_ok() || !node.is_running(),
+            "a stale read needs no disk: {stale:?}"
+        );
         node.kill();
     } else {
         eprintln!("the node exited when the disk filled");
@@ -893,7 +897,6 @@ fn a_full_disk_loses_no_acknowledged_write() {
 /// write, openraft stops its core but `client_write` never answers, and the
 /// proposer does not look at Raft's fatal state.
 #[test]
-#[ignore = "bug: when the disk fills while the state machine writes, every later write times out after 5-10 s with DEADLINE_EXCEEDED instead of failing at once with the cause (node/src/proposer.rs submit_batch ignores RaftMetrics::running_state)"]
 fn a_write_on_a_full_disk_fails_at_once_naming_the_cause() {
     for round in 0..3 {
         let Some(FullDisk {
@@ -906,8 +909,14 @@ fn a_write_on_a_full_disk_fails_at_once_naming_the_cause() {
         for i in 0..3 {
             let (result, took) = one_write(node.addr(), &format!("more-{i}"));
             let e = result.expect_err("a write on the full disk succeeded");
+            // Either the node answers naming the cause, or it has exited
+            // (its Raft stopped) and said why on stderr.
+            let exited_naming_cause = e.contains("cannot reach")
+                && node.log().contains("error: raft stopped")
+                && node.log().contains("No space left on device");
             assert!(
-                e.contains("No space left on device") && took < Duration::from_secs(2),
+                (e.contains("No space left on device") || exited_naming_cause)
+                    && took < Duration::from_secs(2),
                 "round {round}: a write on the full disk failed after {took:?} with: {e}"
             );
         }
@@ -922,7 +931,6 @@ fn a_write_on_a_full_disk_fails_at_once_naming_the_cause() {
 /// never removes it. It should exit (non-zero, one clear line) so that a
 /// supervisor restarts it, or recover once writes succeed again.
 #[test]
-#[ignore = "bug: after a storage error (disk full) Raft stops for good but the process keeps running and never writes again, even after space is freed (node/src/server.rs: nothing watches RaftMetrics::running_state)"]
 fn after_a_full_disk_the_node_writes_again_or_exits() {
     let Some(FullDisk {
         mut node,
@@ -963,7 +971,6 @@ fn after_a_full_disk_the_node_writes_again_or_exits() {
 /// data dir as corrupt ("empty/corrupt snapshot file found", "Read
 /// corrupted data"), with every acknowledged write inside it.
 #[test]
-#[ignore = "bug: a start attempt on a full disk can leave an empty sled snapshot file, and the data dir is refused as corrupt once space is freed (storage/src/data_dir.rs DataDir::open: no free-space check before sled writes)"]
 fn restarts_on_a_full_disk_do_not_damage_the_data_dir() {
     // The damage depends on where sled runs out of space: a few rounds.
     for round in 0..3 {

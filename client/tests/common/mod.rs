@@ -128,7 +128,10 @@ impl Cluster {
     }
 
     async fn start(n: usize) -> Cluster {
-        let slot = SLOTS.acquire().await.expect("the semaphore is never closed");
+        let slot = SLOTS
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
         let first = Node::start(config(dirs[0].path(), vec![])).await.unwrap();
         let seed = first.local_addr.to_string();
