@@ -283,6 +283,36 @@ mod tests {
     }
 
     #[test]
+    fn refuses_a_data_dir_whose_database_lost_its_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let d = DataDir::open(dir.path(), 1 << 20).unwrap();
+            d.set_node_id(7).unwrap();
+        }
+        // sled would open an emptied database as a new one.
+        std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+        let err = DataDir::open(dir.path(), 1 << 20).unwrap_err();
+        assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("lost its contents"), "{err}");
+    }
+
+    #[test]
+    fn removes_unfinished_sled_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            DataDir::open(dir.path(), 1 << 20)
+                .unwrap()
+                .set_node_id(7)
+                .unwrap();
+        }
+        let leftover = dir.path().join("db").join("snap.00000001.generating");
+        std::fs::write(&leftover, b"").unwrap();
+        let d = DataDir::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(d.node_id().unwrap(), Some(7));
+        assert!(!leftover.exists());
+    }
+
+    #[test]
     fn refuses_a_second_opener() {
         let dir = tempfile::tempdir().unwrap();
         let _first = DataDir::open(dir.path(), 1 << 20).unwrap();
