@@ -81,15 +81,26 @@ impl DataDir {
         })?;
         remove_unfinished_sled_snapshots(&path.join("db"));
         let marker = read_marker(&path)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path.join("db"))
             .cache_capacity(cache_bytes)
             // Durability comes from flushes at the right points, not from
             // sled's background flusher, which could also deadlock with
             // batches (see `gate`).
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| classify(&path, e))?;
+            .flush_every_ms(None);
+        // sled's I/O threads may still hold a database closed a moment ago
+        // in this process (a node restarted in place): its lock is then
+        // released within milliseconds. Another process holding it is
+        // reported after this short wait.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let db = loop {
+            match config.open().map_err(|e| classify(&path, e)) {
+                Err(OpenError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let dir = DataDir { db, path };
         dir.check_format(marker)?;
         match (marker, dir.node_id()?) {
