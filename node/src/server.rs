@@ -399,19 +399,14 @@ impl Node {
                 Ok(()) => "raft stopped".to_string(),
             }
         };
-        let result = tokio::select! {
-            _ = signal => Ok(()),
-            reason = stopped => Err(format!("raft stopped: {reason}")),
-        };
-        // After a fatal error parts of Raft may never answer again: bound
-        // the clean-up rather than hang the exit.
-        if tokio::time::timeout(Duration::from_secs(10), self.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("shutdown did not finish in 10 s; exiting anyway");
+        tokio::select! {
+            _ = signal => {}
+            // No clean-up: after a fatal error parts of Raft may never
+            // answer again, and the caller exits at once, saying why.
+            reason = stopped => return Err(format!("raft stopped: {reason}")),
         }
-        result
+        self.shutdown().await;
+        Ok(())
     }
 
     /// Stops serving: streams are told to reconnect elsewhere, Raft stops,

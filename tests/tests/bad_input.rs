@@ -853,6 +853,8 @@ fn a_full_disk_loses_no_acknowledged_write() {
         node.kill();
     } else {
         eprintln!("the node exited when the disk filled");
+        // Reap the exited process, so that it can be restarted.
+        node.kill();
     }
 
     // Space freed, restarted: everything is there and writes work again.
