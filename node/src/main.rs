@@ -6,12 +6,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// The node allocates and frees many small buffers per request (protobuf
-/// messages, log entries, member clones); mimalloc does that with less
-/// contention and fragmentation than glibc's allocator (see
-/// docs/benchmarks.md for what it bought).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use fuddle_node::{Config, Node};
 
 /// A Fuddle registry node.
