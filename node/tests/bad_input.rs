@@ -17,6 +17,8 @@
 //!
 //! `PROPTEST_CASES` sets the number of cases per RPC (default 96).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
@@ -24,7 +26,7 @@ use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut};
-use fuddle_node::{Config, Node};
+use fuddle_node::Node;
 use fuddle_proto::registry as pb;
 use fuddle_proto::registry::registry_client::RegistryClient;
 use fuddle_storage::Limits;
@@ -135,18 +137,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
-fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::new(dir);
-    c.bind = "127.0.0.1:0".parse().unwrap();
-    c.raft.election_timeout_min = Duration::from_millis(300);
-    c.raft.election_timeout_max = Duration::from_millis(600);
-    c.raft.heartbeat_interval = Duration::from_millis(100);
-    c.sessions.min_heartbeat_timeout = Duration::from_millis(200);
-    c.sessions.min_reconnect_timeout = Duration::from_millis(200);
-    c.sessions.tick = Duration::from_millis(50);
-    c.cache_bytes = 8 << 20;
-    c
-}
+use common::config;
 
 impl Fixture {
     fn start(test: &str) -> Fixture {

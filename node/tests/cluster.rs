@@ -1,6 +1,8 @@
 //! Three real nodes in process (real sled, real tonic and gossip on
 //! 127.0.0.1), forming a cluster by `join` alone.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -15,19 +17,7 @@ use tonic::transport::Channel;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn config(dir: &std::path::Path, join: Vec<String>) -> Config {
-    let mut c = Config::new(dir);
-    c.bind = "127.0.0.1:0".parse().unwrap();
-    c.join = join;
-    c.raft.heartbeat_interval = Duration::from_millis(100);
-    c.raft.election_timeout_min = Duration::from_millis(500);
-    c.raft.election_timeout_max = Duration::from_millis(1000);
-    c.gossip_interval = Duration::from_millis(100);
-    c.membership.check_interval = Duration::from_millis(200);
-    c.membership.dead_node_timeout = Duration::from_secs(600);
-    c.sessions.min_heartbeat_timeout = Duration::from_millis(200);
-    c.sessions.tick = Duration::from_millis(50);
-    c.cache_bytes = 8 << 20;
-    c
+    common::cluster_config(dir, join)
 }
 
 async fn client(addr: std::net::SocketAddr) -> RegistryClient<Channel> {

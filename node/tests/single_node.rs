@@ -1,10 +1,12 @@
 //! One real node in process (real sled in a temp dir, real tonic on
 //! 127.0.0.1 port 0), driven through the generated gRPC client.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fuddle_node::{Config, Node};
+use fuddle_node::Node;
 use fuddle_proto::registry as pb;
 use fuddle_proto::registry::registry_client::RegistryClient;
 use tokio::sync::mpsc;
@@ -15,18 +17,7 @@ use tonic::transport::Channel;
 /// Generous: tests wait on conditions, never on speed.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::new(dir);
-    c.bind = "127.0.0.1:0".parse().unwrap();
-    c.raft.election_timeout_min = Duration::from_millis(300);
-    c.raft.election_timeout_max = Duration::from_millis(600);
-    c.raft.heartbeat_interval = Duration::from_millis(100);
-    c.sessions.min_heartbeat_timeout = Duration::from_millis(200);
-    c.sessions.min_reconnect_timeout = Duration::from_millis(200);
-    c.sessions.tick = Duration::from_millis(50);
-    c.cache_bytes = 8 << 20;
-    c
-}
+use common::config;
 
 async fn client(node: &Node) -> RegistryClient<Channel> {
     RegistryClient::connect(format!("http://{}", node.local_addr))

@@ -1,0 +1,36 @@
+//! What the node's in-process tests share: configurations with short
+//! timings (real sled in a temp dir, real tonic on 127.0.0.1 port 0).
+
+use std::path::Path;
+use std::time::Duration;
+
+use fuddle_node::Config;
+
+/// A single node with short Raft and session timings.
+pub fn config(dir: &Path) -> Config {
+    let mut c = Config::new(dir);
+    c.bind = "127.0.0.1:0".parse().unwrap();
+    c.raft.election_timeout_min = Duration::from_millis(300);
+    c.raft.election_timeout_max = Duration::from_millis(600);
+    c.raft.heartbeat_interval = Duration::from_millis(100);
+    c.sessions.min_heartbeat_timeout = Duration::from_millis(200);
+    c.sessions.min_reconnect_timeout = Duration::from_millis(200);
+    c.sessions.tick = Duration::from_millis(50);
+    c.cache_bytes = 8 << 20;
+    c
+}
+
+/// A member of a cluster formed by `join`: gossip and membership checks
+/// fast, elections a little slower (several nodes share two cores), and
+/// no removal of nodes during a test.
+#[allow(dead_code)]
+pub fn cluster_config(dir: &Path, join: Vec<String>) -> Config {
+    let mut c = config(dir);
+    c.join = join;
+    c.raft.election_timeout_min = Duration::from_millis(500);
+    c.raft.election_timeout_max = Duration::from_millis(1000);
+    c.gossip_interval = Duration::from_millis(100);
+    c.membership.check_interval = Duration::from_millis(200);
+    c.membership.dead_node_timeout = Duration::from_secs(600);
+    c
+}
