@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fuddle_storage::{
-    Command, DataDir, Entry, FeedConfig, MemberSpec, Origin, RegistryState, Request, open_stores,
+    Command, DataDir, Entry, FeedConfig, LogStore, MemberSpec, Origin, RegistryState, Request,
+    StateMachineStore, open_stores,
 };
 use openraft::EntryPayload;
 use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
@@ -72,6 +73,24 @@ fn entries(batch: usize, count: u64, first: u64, seq: &mut u64) -> Vec<Entry> {
         .collect()
 }
 
+/// Consecutive entries of `batch` registrations each, from index `first`.
+fn entry_source(batch: usize, first: u64) -> impl FnMut() -> Vec<Entry> {
+    let (mut index, mut seq) = (first, 0);
+    move || {
+        let e = entries(batch, 1, index, &mut seq);
+        index += 1;
+        e
+    }
+}
+
+/// Stores on a fresh sled data dir (the temp dir lives as long as they do).
+fn fresh_stores() -> (tempfile::TempDir, DataDir, LogStore, StateMachineStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::open(dir.path(), 64 << 20).unwrap();
+    let (log, sm) = open_stores(&data, FeedConfig::default()).unwrap();
+    (dir, data, log, sm)
+}
+
 fn bench_log_append(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut group = c.benchmark_group("log_append");
@@ -82,17 +101,9 @@ fn bench_log_append(c: &mut Criterion) {
             BenchmarkId::new("registrations_per_entry", batch),
             &batch,
             |b, &batch| {
-                let dir = tempfile::tempdir().unwrap();
-                let data = DataDir::open(dir.path(), 64 << 20).unwrap();
-                let (mut log, _sm) = open_stores(&data, FeedConfig::default()).unwrap();
-                let mut index = 1;
-                let mut seq = 0;
+                let (_dir, _data, mut log, _sm) = fresh_stores();
                 b.iter_batched(
-                    || {
-                        let e = entries(batch, 1, index, &mut seq);
-                        index += 1;
-                        e
-                    },
+                    entry_source(batch, 1),
                     // One append is one durable flush, as openraft drives it.
                     |e| runtime.block_on(log.blocking_append(e)).unwrap(),
                     criterion::BatchSize::SmallInput,
@@ -112,20 +123,14 @@ fn bench_apply_pure(c: &mut Criterion) {
             &batch,
             |b, &batch| {
                 let mut state = RegistryState::default();
-                let Some(EntryPayload::Normal(open)) =
-                    Some(entry(1, vec![open_session("bench")]).payload)
-                else {
-                    unreachable!()
+                let open = Request {
+                    now_ms: 1,
+                    commands: vec![open_session("bench")],
                 };
                 state.apply(1, &open);
-                let mut index = 2;
-                let mut seq = 0;
+                let mut source = entry_source(batch, 2);
                 b.iter_batched(
-                    || {
-                        let e = entries(batch, 1, index, &mut seq).remove(0);
-                        index += 1;
-                        e
-                    },
+                    || source().remove(0),
                     |e| {
                         if let EntryPayload::Normal(request) = &e.payload {
                             state.apply(e.log_id.index, request);
@@ -149,20 +154,12 @@ fn bench_apply_sled(c: &mut Criterion) {
             BenchmarkId::new("registrations_per_entry", batch),
             &batch,
             |b, &batch| {
-                let dir = tempfile::tempdir().unwrap();
-                let data = DataDir::open(dir.path(), 64 << 20).unwrap();
-                let (_log, mut sm) = open_stores(&data, FeedConfig::default()).unwrap();
+                let (_dir, _data, _log, mut sm) = fresh_stores();
                 runtime
                     .block_on(sm.apply([entry(1, vec![open_session("bench")])]))
                     .unwrap();
-                let mut index = 2;
-                let mut seq = 0;
                 b.iter_batched(
-                    || {
-                        let e = entries(batch, 1, index, &mut seq);
-                        index += 1;
-                        e
-                    },
+                    entry_source(batch, 2),
                     |e| runtime.block_on(sm.apply(e)).unwrap(),
                     criterion::BatchSize::SmallInput,
                 );

@@ -77,14 +77,15 @@ impl Core {
                 )));
             }
         }
-        let wanted = match current_leader(&self.raft) {
-            Some((leader, _)) if leader == self.id => self.leader_read_index().await?,
-            Some((leader, addr)) => self.remote_read_index(leader, &addr).await?,
-            None => match wait_for_leader(&self.raft, READ_BARRIER_TIMEOUT).await {
-                Some((leader, _)) if leader == self.id => self.leader_read_index().await?,
-                Some((leader, addr)) => self.remote_read_index(leader, &addr).await?,
-                None => return Err(NodeError::NoLeader),
-            },
+        let leader = match current_leader(&self.raft) {
+            Some(l) => l,
+            None => wait_for_leader(&self.raft, READ_BARRIER_TIMEOUT)
+                .await
+                .ok_or(NodeError::NoLeader)?,
+        };
+        let wanted = match leader {
+            (leader, _) if leader == self.id => self.leader_read_index().await?,
+            (leader, addr) => self.remote_read_index(leader, &addr).await?,
         };
         // The leader confirmed `wanted` is committed; a read here is
         // linearizable once this node has applied it.

@@ -67,10 +67,10 @@ pub struct Node {
 /// Opens the data dir and loads or creates the node id. A wiped data dir
 /// gets a new id: a node must never come back under an old id without its
 /// old log.
-fn open_data_dir(config: &Config) -> Result<(DataDir, u64, bool), StartError> {
+fn open_data_dir(config: &Config) -> Result<(DataDir, u64), StartError> {
     let dir = DataDir::open(&config.data_dir, config.cache_bytes)?;
     match dir.node_id()? {
-        Some(id) => Ok((dir, id, false)),
+        Some(id) => Ok((dir, id)),
         None => {
             // Ids are random so that two fresh nodes never collide; zero is
             // kept for "none" in the protocol. 53 bits keep them exact in
@@ -82,7 +82,7 @@ fn open_data_dir(config: &Config) -> Result<(DataDir, u64, bool), StartError> {
                 }
             };
             dir.set_node_id(id)?;
-            Ok((dir, id, true))
+            Ok((dir, id))
         }
     }
 }
@@ -209,7 +209,7 @@ impl Node {
     pub async fn start(config: Config) -> Result<Node, StartError> {
         let started = Instant::now();
         // sled's open and flush block: keep them off the async workers.
-        let (dir, id, _fresh) = {
+        let (dir, id) = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || open_data_dir(&config))
                 .await

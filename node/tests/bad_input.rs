@@ -155,19 +155,7 @@ impl Fixture {
             let mut client = RegistryClient::connect(format!("http://{}", node.local_addr))
                 .await
                 .unwrap();
-            let deadline = tokio::time::Instant::now() + READY_DEADLINE;
-            loop {
-                let s = client
-                    .cluster_status(pb::ClusterStatusRequest {})
-                    .await
-                    .unwrap()
-                    .into_inner();
-                if s.leader != 0 {
-                    break;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "no leader");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            common::wait_for_leader(&mut client, READY_DEADLINE).await;
             let session = open_session(&mut client, 300_000).await;
             let mut members = Vec::new();
             for i in 0..3 {

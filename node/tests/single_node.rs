@@ -27,19 +27,7 @@ async fn client(node: &Node) -> RegistryClient<Channel> {
 
 /// Waits until the node has a leader, so writes do not race the election.
 async fn ready(c: &mut RegistryClient<Channel>) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let s = c
-            .cluster_status(pb::ClusterStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if s.leader != 0 {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_for_leader(c, DEADLINE).await;
 }
 
 /// An open session stream; dropping `heartbeats` stops it.

@@ -24,9 +24,7 @@ use crate::member::Member;
 use crate::registry::{Applied, Registry};
 use crate::session::Session;
 use crate::state::RegistryState;
-use crate::types::{
-    Entry, LogId, NodeId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
-};
+use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const SM_TREE: &str = "sm";
 const SNAPSHOT_TREE: &str = "snapshot";
@@ -408,6 +406,3 @@ pub fn open_stores(
     let sm = StateMachineStore::open(dir, feed)?;
     Ok((log, sm))
 }
-
-/// The node id type, re-exported for callers of [`open_stores`].
-pub type Id = NodeId;

@@ -5,6 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use fuddle_node::Config;
+use fuddle_proto::registry as pb;
+use fuddle_proto::registry::registry_client::RegistryClient;
+use tonic::transport::Channel;
 
 /// A single node with short Raft and session timings.
 pub fn config(dir: &Path) -> Config {
@@ -33,4 +36,23 @@ pub fn cluster_config(dir: &Path, join: Vec<String>) -> Config {
     c.membership.check_interval = Duration::from_millis(200);
     c.membership.dead_node_timeout = Duration::from_secs(600);
     c
+}
+
+/// Waits (at most `deadline`) until the node `c` talks to knows a leader,
+/// so that writes do not race the first election.
+#[allow(dead_code)]
+pub async fn wait_for_leader(c: &mut RegistryClient<Channel>, deadline: Duration) {
+    let deadline = tokio::time::Instant::now() + deadline;
+    loop {
+        let s = c
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if s.leader != 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
