@@ -4,11 +4,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use fuddle_proto::encoded::EncodedSubscribeResponse;
 use fuddle_proto::registry as pb;
 use fuddle_proto::shared_server::registry_server::Registry as RegistryRpc;
 use fuddle_storage::{Command, Origin, Outcome};
 use futures::Stream;
+use prost::Message;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -394,28 +396,32 @@ impl RegistryRpc for RegistryService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
+        let filter_key = match &request.filter {
+            Some(f) if *f != pb::Filter::default() => Bytes::from(f.encode_to_vec()),
+            _ => Bytes::new(),
+        };
         let filter = filter_from_pb(request.filter)?;
         let progress_interval = match request.progress_interval_ms {
             0 => self.core.config.progress_interval,
             ms => Duration::from_millis(ms).max(MIN_PROGRESS_INTERVAL),
         };
-        let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(subscribe::serve(
+        let leader_last_index = {
+            let metrics = self.core.raft.metrics();
+            let m = metrics.borrow();
+            (m.current_leader == Some(self.core.id)).then(|| m.last_log_index.unwrap_or(0))
+        };
+        let stream = subscribe::stream(
             self.core.registry.clone(),
             Subscription {
                 filter,
+                filter_key,
                 since_index: request.since_index,
                 progress_interval,
-                leader_last_index: {
-                    let metrics = self.core.raft.metrics();
-                    let m = metrics.borrow();
-                    (m.current_leader == Some(self.core.id)).then(|| m.last_log_index.unwrap_or(0))
-                },
+                leader_last_index,
             },
-            tx,
             self.core.shutdown.clone(),
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn cluster_status(

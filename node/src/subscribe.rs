@@ -6,14 +6,25 @@
 //! (see `Registry::read_and_subscribe`), so the stream has no gap and no
 //! duplicate. A subscriber too slow for the broadcast buffer gets a fresh
 //! snapshot instead of a silent gap.
+//!
+//! A subscription is a stream that the gRPC server pulls, not a task that
+//! pushes into a channel: one entry reaches a subscriber with one task
+//! wake-up instead of two and no channel in between, and when several
+//! entries are waiting, the server takes them all in one poll and writes
+//! them in one frame. With 10 000 subscribers every committed change costs
+//! 10 000 deliveries, so this per-delivery cost decides fan-out throughput.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use fuddle_proto::encoded::EncodedSubscribeResponse;
 use fuddle_proto::registry as pb;
 use fuddle_storage::{Applied, AppliedEntry, FeedItem, Filter, Registry};
-use tokio::sync::{broadcast, mpsc};
+use futures::Stream;
+use tokio::sync::broadcast;
+use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -32,6 +43,9 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 pub struct Subscription {
     /// Which members.
     pub filter: Filter,
+    /// The filter as the client sent it (encoded; empty for "everything"):
+    /// subscribers with equal keys share one encoding of each entry.
+    pub filter_key: Bytes,
     /// Resume after this index.
     pub since_index: Option<u64>,
     /// Progress interval on an idle stream.
@@ -41,44 +55,55 @@ pub struct Subscription {
     pub leader_last_index: Option<u64>,
 }
 
-type Tx = mpsc::Sender<Result<EncodedSubscribeResponse, Status>>;
-
-/// Streams a subscription into `tx` until the client goes away or the node
-/// shuts down.
-pub async fn serve(
+/// The messages of a subscription, until the client goes away (the server
+/// drops the stream) or the node shuts down (the stream ends with an
+/// error telling the client to reconnect elsewhere).
+pub fn stream(
     registry: Arc<Registry>,
     sub: Subscription,
-    tx: Tx,
     shutdown: CancellationToken,
-) {
-    let result = tokio::select! {
-        r = stream(&registry, &sub, &tx) => r,
-        _ = shutdown.cancelled() => Err(NodeError::ShuttingDown),
+) -> impl Stream<Item = Result<EncodedSubscribeResponse, Status>> + Send + 'static {
+    let streamer = Streamer {
+        registry,
+        sub,
+        shutdown,
+        out: VecDeque::new(),
+        live: None,
+        last: 0,
     };
-    if let Err(e) = result {
-        let _ = tx.send(Err(e.into())).await;
-    }
+    // `None` once an error was yielded: the stream ends after it.
+    futures::stream::unfold(Some(streamer), |streamer| async move {
+        let mut streamer = streamer?;
+        match streamer.next().await {
+            Ok(message) => Some((Ok(message), Some(streamer))),
+            Err(e) => Some((Err(e.into()), None)),
+        }
+    })
 }
 
-/// The subscriber went away: not an error, just the end.
-struct Gone;
-
-impl From<Gone> for NodeError {
-    fn from(_: Gone) -> NodeError {
-        NodeError::ShuttingDown
-    }
+/// One subscription's state between two messages.
+struct Streamer {
+    /// Where the state, the history and the broadcast live.
+    registry: Arc<Registry>,
+    /// What the client asked for.
+    sub: Subscription,
+    /// Ends the stream when the node stops.
+    shutdown: CancellationToken,
+    /// Messages made but not yet taken by the server (the parts of a
+    /// snapshot, a resumed history).
+    out: VecDeque<EncodedSubscribeResponse>,
+    /// The broadcast receiver and progress timer, once the start is sent.
+    live: Option<Live>,
+    /// The index the client's view is complete up to.
+    last: u64,
 }
 
-async fn send(tx: &Tx, kind: pb::subscribe_response::Kind) -> Result<(), Gone> {
-    send_encoded(tx, encode(kind)).await
-}
-
-fn encode(kind: pb::subscribe_response::Kind) -> EncodedSubscribeResponse {
-    EncodedSubscribeResponse::new(&pb::SubscribeResponse { kind: Some(kind) })
-}
-
-async fn send_encoded(tx: &Tx, message: EncodedSubscribeResponse) -> Result<(), Gone> {
-    tx.send(Ok(message)).await.map_err(|_| Gone)
+/// The live half of a subscription.
+struct Live {
+    /// Entries as they are applied.
+    rx: broadcast::Receiver<FeedItem>,
+    /// When to tell an idle client how far its view is complete.
+    progress: Interval,
 }
 
 enum Start {
@@ -90,109 +115,203 @@ fn snapshot_of(applied: &Applied, filter: &Filter) -> Start {
     Start::Snapshot(matching_members(&applied.state, filter), applied.index)
 }
 
-async fn stream(registry: &Registry, sub: &Subscription, tx: &Tx) -> Result<(), NodeError> {
-    if let Some(since) = sub.since_index {
-        if let Some(last) = sub.leader_last_index
-            && since > last
-        {
-            // Nothing past the leader's log was ever handed out, and
-            // waiting would not help.
-            return Err(NodeError::BadRequest(format!(
-                "since_index: {since} is beyond the last index of the log, {last}"
-            )));
-        }
-        wait_for_index(registry, since).await?;
-    }
-    let (start, mut rx) = registry.read_and_subscribe(|applied| match sub.since_index {
-        Some(since) => match applied.feed.since(since) {
-            Some(entries) => Start::Resume(entries, since),
-            None => snapshot_of(applied, &sub.filter),
-        },
-        None => snapshot_of(applied, &sub.filter),
-    });
-    let mut last = match start {
-        Start::Snapshot(members, index) => {
-            send_snapshot(tx, members, index).await?;
-            index
-        }
-        Start::Resume(entries, since) => {
-            let mut last = since;
-            for entry in entries {
-                last = send_entry(tx, &entry, &sub.filter, last).await?;
+fn encode(kind: pb::subscribe_response::Kind) -> EncodedSubscribeResponse {
+    EncodedSubscribeResponse::new(&pb::SubscribeResponse { kind: Some(kind) })
+}
+
+impl Streamer {
+    /// The next message to send.
+    async fn next(&mut self) -> Result<EncodedSubscribeResponse, NodeError> {
+        loop {
+            if let Some(message) = self.out.pop_front() {
+                return Ok(message);
             }
-            last
+            let shutdown = self.shutdown.clone();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Err(NodeError::ShuttingDown),
+                made = self.make() => made?,
+            }
         }
-    };
-    let mut progress = tokio::time::interval(sub.progress_interval);
-    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    progress.tick().await;
-    loop {
+    }
+
+    /// Waits for something to send and puts it in `out` (possibly nothing,
+    /// when an entry has no change for this filter).
+    async fn make(&mut self) -> Result<(), NodeError> {
+        let Some(live) = &mut self.live else {
+            return self.start().await;
+        };
         tokio::select! {
-            item = rx.recv() => match item {
-                Ok(FeedItem::Entry(entry)) => {
-                    last = send_entry(tx, &entry, &sub.filter, last).await?;
-                }
+            item = live.rx.recv() => match item {
+                Ok(FeedItem::Entry(entry)) => self.entry(&entry),
                 Ok(FeedItem::Reset(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     // History before this point is gone for this subscriber:
                     // replace its view rather than leave a gap.
-                    last = resync(registry, &sub.filter, tx, &mut rx).await?;
+                    self.resync();
                 }
                 Err(broadcast::error::RecvError::Closed) => return Err(NodeError::ShuttingDown),
             },
-            _ = progress.tick() => {
-                // Everything applied up to the index read under the lock is
-                // already in `rx` (publishing happens under the write lock),
-                // so after sending what is queued, that index is complete.
-                let (queued, index) = {
-                    let applied = registry.read();
-                    let mut queued = Vec::new();
-                    let mut lagged = false;
-                    loop {
-                        match rx.try_recv() {
-                            Ok(item) => queued.push(item),
-                            Err(broadcast::error::TryRecvError::Lagged(_)) => { lagged = true; break; }
-                            Err(_) => break,
-                        }
-                    }
-                    (if lagged { None } else { Some(queued) }, applied.index)
-                };
-                let Some(queued) = queued else {
-                    last = resync(registry, &sub.filter, tx, &mut rx).await?;
-                    continue;
-                };
-                let mut reset = false;
-                for item in queued {
-                    match item {
-                        FeedItem::Entry(entry) => last = send_entry(tx, &entry, &sub.filter, last).await?,
-                        FeedItem::Reset(_) => reset = true,
-                    }
+            _ = live.progress.tick() => self.progress(),
+        }
+        Ok(())
+    }
+
+    /// The snapshot, or the history after `since_index`.
+    async fn start(&mut self) -> Result<(), NodeError> {
+        let sub = &self.sub;
+        if let Some(since) = sub.since_index {
+            if let Some(last) = sub.leader_last_index
+                && since > last
+            {
+                // Nothing past the leader's log was ever handed out, and
+                // waiting would not help.
+                return Err(NodeError::BadRequest(format!(
+                    "since_index: {since} is beyond the last index of the log, {last}"
+                )));
+            }
+            wait_for_index(&self.registry, since).await?;
+        }
+        let (start, rx) = self
+            .registry
+            .read_and_subscribe(|applied| match sub.since_index {
+                Some(since) => match applied.feed.since(since) {
+                    Some(entries) => Start::Resume(entries, since),
+                    None => snapshot_of(applied, &sub.filter),
+                },
+                None => snapshot_of(applied, &sub.filter),
+            });
+        let mut progress = tokio::time::interval(sub.progress_interval);
+        progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The first tick is immediate; the first progress is due one
+        // interval from now.
+        progress.reset();
+        self.live = Some(Live { rx, progress });
+        match start {
+            Start::Snapshot(members, index) => self.snapshot(members, index),
+            Start::Resume(entries, since) => {
+                self.last = since;
+                for entry in entries {
+                    self.entry(&entry);
                 }
-                if reset {
-                    last = resync(registry, &sub.filter, tx, &mut rx).await?;
-                    continue;
-                }
-                if index > last {
-                    last = index;
-                }
-                send(tx, pb::subscribe_response::Kind::Progress(pb::Progress { index: last })).await?;
             }
         }
+        Ok(())
     }
-}
 
-/// Replaces the subscriber's view with a fresh snapshot and a new receiver
-/// positioned right after it; returns the snapshot's index.
-async fn resync(
-    registry: &Registry,
-    filter: &Filter,
-    tx: &Tx,
-    rx: &mut broadcast::Receiver<FeedItem>,
-) -> Result<u64, Gone> {
-    let ((members, index), new_rx) =
-        registry.read_and_subscribe(|a| (matching_members(&a.state, filter), a.index));
-    *rx = new_rx;
-    send_snapshot(tx, members, index).await?;
-    Ok(index)
+    /// Everything queued up to the applied index, then a Progress with it.
+    fn progress(&mut self) {
+        let Some(live) = &mut self.live else {
+            return;
+        };
+        // Everything applied up to the index read under the lock is already
+        // in `rx` (publishing happens under the write lock), so after
+        // sending what is queued, that index is complete.
+        let (queued, index) = {
+            let applied = self.registry.read();
+            let mut queued = Vec::new();
+            let mut lagged = false;
+            loop {
+                match live.rx.try_recv() {
+                    Ok(item) => queued.push(item),
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                        lagged = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            (if lagged { None } else { Some(queued) }, applied.index)
+        };
+        let Some(queued) = queued else {
+            self.resync();
+            return;
+        };
+        for item in queued {
+            match item {
+                FeedItem::Entry(entry) => self.entry(&entry),
+                FeedItem::Reset(_) => {
+                    self.resync();
+                    return;
+                }
+            }
+        }
+        self.last = self.last.max(index);
+        self.out
+            .push_back(encode(pb::subscribe_response::Kind::Progress(
+                pb::Progress { index: self.last },
+            )));
+    }
+
+    /// Replaces the subscriber's view with a fresh snapshot and a new
+    /// receiver positioned right after it.
+    fn resync(&mut self) {
+        let filter = &self.sub.filter;
+        let ((members, index), rx) = self
+            .registry
+            .read_and_subscribe(|a| (matching_members(&a.state, filter), a.index));
+        if let Some(live) = &mut self.live {
+            live.rx = rx;
+        }
+        // Messages not yet taken are older than the snapshot.
+        self.out.clear();
+        self.snapshot(members, index);
+    }
+
+    fn snapshot(&mut self, members: Vec<pb::Member>, index: u64) {
+        self.last = index;
+        let mut chunks = members.chunks(SNAPSHOT_CHUNK).peekable();
+        if chunks.peek().is_none() {
+            self.out
+                .push_back(encode(pb::subscribe_response::Kind::Snapshot(
+                    pb::Snapshot {
+                        members: Vec::new(),
+                        index,
+                        more: false,
+                    },
+                )));
+            return;
+        }
+        while let Some(chunk) = chunks.next() {
+            let more = chunks.peek().is_some();
+            self.out
+                .push_back(encode(pb::subscribe_response::Kind::Snapshot(
+                    pb::Snapshot {
+                        members: chunk.to_vec(),
+                        index,
+                        more,
+                    },
+                )));
+        }
+    }
+
+    /// Queues an entry's changes if it is newer than what the client has
+    /// and any change passes the filter.
+    fn entry(&mut self, entry: &AppliedEntry) {
+        if entry.index <= self.last {
+            return;
+        }
+        self.last = entry.index;
+        let filter = &self.sub.filter;
+        // Subscribers with the same filter send the same bytes: the first
+        // one encodes, the rest share a reference-counted buffer.
+        let encoded = entry.encoded.get_or_encode(&self.sub.filter_key, || {
+            let changes: Vec<pb::Change> = entry
+                .changes
+                .iter()
+                .filter_map(|c| change_to_pb(c, filter))
+                .collect();
+            (!changes.is_empty()).then(|| {
+                encode(pb::subscribe_response::Kind::Events(pb::Events {
+                    index: entry.index,
+                    changes,
+                }))
+                .0
+            })
+        });
+        if let Some(bytes) = encoded {
+            self.out.push_back(EncodedSubscribeResponse(bytes));
+        }
+    }
 }
 
 async fn wait_for_index(registry: &Registry, wanted: u64) -> Result<(), NodeError> {
@@ -205,81 +324,4 @@ async fn wait_for_index(registry: &Registry, wanted: u64) -> Result<(), NodeErro
             wanted,
         }),
     }
-}
-
-async fn send_snapshot(tx: &Tx, members: Vec<pb::Member>, index: u64) -> Result<(), Gone> {
-    let mut chunks = members.chunks(SNAPSHOT_CHUNK).peekable();
-    if chunks.peek().is_none() {
-        return send(
-            tx,
-            pb::subscribe_response::Kind::Snapshot(pb::Snapshot {
-                members: Vec::new(),
-                index,
-                more: false,
-            }),
-        )
-        .await;
-    }
-    while let Some(chunk) = chunks.next() {
-        let more = chunks.peek().is_some();
-        send(
-            tx,
-            pb::subscribe_response::Kind::Snapshot(pb::Snapshot {
-                members: chunk.to_vec(),
-                index,
-                more,
-            }),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// Sends an entry's changes if it is newer than `last` and any change
-/// passes the filter; returns the new last index.
-async fn send_entry(
-    tx: &Tx,
-    entry: &AppliedEntry,
-    filter: &Filter,
-    last: u64,
-) -> Result<u64, Gone> {
-    if entry.index <= last {
-        return Ok(last);
-    }
-    if filter.is_all() {
-        // Every unfiltered subscriber sends the same bytes: the first one
-        // encodes, the rest share (a reference-counted buffer).
-        let bytes = entry.encoded.get_or_init(|| {
-            let changes = entry
-                .changes
-                .iter()
-                .filter_map(|c| change_to_pb(c, filter))
-                .collect();
-            encode(pb::subscribe_response::Kind::Events(pb::Events {
-                index: entry.index,
-                changes,
-            }))
-            .0
-        });
-        if !entry.changes.is_empty() {
-            send_encoded(tx, EncodedSubscribeResponse(bytes.clone())).await?;
-        }
-        return Ok(entry.index);
-    }
-    let changes: Vec<pb::Change> = entry
-        .changes
-        .iter()
-        .filter_map(|c| change_to_pb(c, filter))
-        .collect();
-    if !changes.is_empty() {
-        send(
-            tx,
-            pb::subscribe_response::Kind::Events(pb::Events {
-                index: entry.index,
-                changes,
-            }),
-        )
-        .await?;
-    }
-    Ok(entry.index)
 }

@@ -3,7 +3,7 @@
 //! subscribers.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -18,10 +18,47 @@ pub struct AppliedEntry {
     pub index: u64,
     /// Its changes, all of them (subscribers see an entry whole).
     pub changes: Vec<Change>,
-    /// The entry as encoded for subscribers that see every change, made
-    /// once by the first one that needs it and shared by all: an opaque
-    /// slot for the node (storage never reads it).
-    pub encoded: OnceLock<Bytes>,
+    /// The entry as encoded for subscribers, once per distinct filter and
+    /// shared by every subscriber with that filter: an opaque slot for the
+    /// node (storage never reads it).
+    pub encoded: EncodeCache,
+}
+
+/// Encodings of one entry, keyed by the subscribers' filters.
+///
+/// Subscribers usually share a few filters (every instance of a service
+/// watches the same one), so the first subscriber with a filter encodes and
+/// the others copy a reference-counted buffer. The number of filters kept is
+/// bounded: past it, subscribers encode for themselves.
+#[derive(Debug, Default)]
+pub struct EncodeCache {
+    /// (filter key, encoding; `None` when nothing in the entry matches).
+    slots: Mutex<Vec<(Bytes, Option<Bytes>)>>,
+}
+
+/// Distinct filters one entry keeps encodings for.
+const ENCODE_CACHE_FILTERS: usize = 16;
+
+impl EncodeCache {
+    /// The encoding for `key`, made by `encode` if no subscriber with the
+    /// same key made it yet.
+    pub fn get_or_encode(
+        &self,
+        key: &Bytes,
+        encode: impl FnOnce() -> Option<Bytes>,
+    ) -> Option<Bytes> {
+        // The lock is held while encoding, so that subscribers with the same
+        // filter wait for one encoding instead of all making their own.
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, encoded)) = slots.iter().find(|(k, _)| k == key) {
+            return encoded.clone();
+        }
+        let encoded = encode();
+        if slots.len() < ENCODE_CACHE_FILTERS {
+            slots.push((key.clone(), encoded.clone()));
+        }
+        encoded
+    }
 }
 
 impl AppliedEntry {
@@ -30,7 +67,7 @@ impl AppliedEntry {
         AppliedEntry {
             index,
             changes,
-            encoded: OnceLock::new(),
+            encoded: EncodeCache::default(),
         }
     }
 }
@@ -152,6 +189,40 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn encodes_once_per_filter_and_keeps_a_bounded_number() {
+        let cache = EncodeCache::default();
+        let calls = std::cell::Cell::new(0);
+        let get = |key: &'static [u8]| {
+            cache.get_or_encode(&Bytes::from_static(key), || {
+                calls.set(calls.get() + 1);
+                (!key.is_empty()).then(|| Bytes::from_static(key))
+            })
+        };
+        assert_eq!(get(b"a"), Some(Bytes::from_static(b"a")));
+        assert_eq!(get(b"a"), Some(Bytes::from_static(b"a")));
+        assert_eq!(get(b""), None);
+        assert_eq!(get(b""), None);
+        assert_eq!(calls.get(), 2);
+        let many: Vec<Bytes> = (0..ENCODE_CACHE_FILTERS + 4)
+            .map(|i| Bytes::from(i.to_string()))
+            .collect();
+        for key in &many {
+            assert_eq!(
+                cache.get_or_encode(key, || Some(key.clone())),
+                Some(key.clone())
+            );
+        }
+        // Keys past the bound are encoded every time, and still right.
+        let last = many.last().unwrap();
+        let mut again = false;
+        cache.get_or_encode(last, || {
+            again = true;
+            Some(last.clone())
+        });
+        assert!(again);
     }
 
     #[test]

@@ -28,7 +28,7 @@ mod store_tests;
 pub use change::Change;
 pub use command::{ApplyError, Command, CommandResult, Origin, Outcome, Request, Response};
 pub use data_dir::{DataDir, OpenError};
-pub use feed::{AppliedEntry, FeedConfig, FeedItem};
+pub use feed::{AppliedEntry, EncodeCache, FeedConfig, FeedItem};
 pub use filter::Filter;
 pub use limits::{InvalidField, Limits};
 pub use log_store::LogStore;
