@@ -5,6 +5,7 @@
 //! line into a [`Config`].
 
 pub mod config;
+pub mod connections;
 pub mod convert;
 pub mod core;
 pub mod error;

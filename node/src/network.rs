@@ -22,6 +22,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::connections::connect_internal;
+
 /// The gRPC metadata key naming the node an internal message is meant for.
 pub const TARGET_NODE_HEADER: &str = "fuddle-target-node";
 
@@ -46,18 +48,21 @@ pub struct Connection {
     client: Option<RaftClient<Channel>>,
 }
 
-/// A gRPC channel to `addr` that connects on first use.
+/// A gRPC channel to a peer at `addr` that connects on first use, as an
+/// internal connection (see `connections.rs`).
 pub fn lazy_channel(
     addr: &str,
     local_ip: Option<IpAddr>,
 ) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .local_address(local_ip)
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+        .keep_alive_timeout(Duration::from_secs(5));
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |uri| {
+            connect_internal(uri, local_ip)
+        })),
+    )
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {

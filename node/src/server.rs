@@ -12,10 +12,13 @@ use fuddle_proto::shared_server::registry_server::RegistryServer;
 use fuddle_storage::{DataDir, NodeAddr, OpenError, TypeConfig, open_stores};
 use openraft::{Raft, SnapshotPolicy};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::connections::{self, Conn};
 use crate::core::Core;
 use crate::gossip::{Gossip, GossipConfig, GossipError};
 use crate::network::Network;
@@ -62,6 +65,64 @@ pub struct Node {
     pub local_addr: SocketAddr,
     /// Background tasks; each holds what it needs and ends on shutdown.
     tasks: JoinSet<()>,
+    /// The internal gRPC server, on the Raft runtime.
+    internal_server: tokio::task::JoinHandle<()>,
+    /// Where Raft, the proposer and peers' connections run: a scheduler of
+    /// their own, so that the write path never queues behind thousands of
+    /// subscription streams on the main runtime (see `connections.rs`).
+    /// Last field: dropped after everything that runs on it.
+    raft_runtime: RaftRuntime,
+}
+
+/// The Raft runtime, shut down without blocking when the node goes away
+/// (dropping a runtime blocks, which an async caller must not do).
+struct RaftRuntime(Option<tokio::runtime::Runtime>);
+
+impl RaftRuntime {
+    fn start() -> std::io::Result<RaftRuntime> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("fuddle-raft")
+            .enable_all()
+            .build()
+            .map(|rt| RaftRuntime(Some(rt)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("running until dropped").handle()
+    }
+}
+
+impl Drop for RaftRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Serves every gRPC service on the connections that arrive on `incoming`
+/// until the node shuts down.
+async fn serve_grpc(core: Arc<Core>, incoming: mpsc::Receiver<std::io::Result<Conn>>) {
+    let registry_service = RegistryServer::new(RegistryService::new(core.clone()))
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(usize::MAX);
+    let raft_service = RaftServer::new(RaftService::new(core.clone()))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(registry_service)
+        .add_service(raft_service)
+        .serve_with_incoming_shutdown(
+            ReceiverStream::new(incoming),
+            core.shutdown.clone().cancelled_owned(),
+        )
+        .await;
+    if let Err(e) = result {
+        tracing::error!("gRPC server failed: {e}");
+    }
 }
 
 /// Opens the data dir and loads or creates the node id. A wiped data dir
@@ -254,15 +315,23 @@ impl Node {
         let (log_store, sm) =
             open_stores(&dir, config.feed).map_err(|e| StartError::Storage(e.to_string()))?;
         let registry = sm.registry();
-        let raft = Raft::<TypeConfig>::new(
-            id,
-            Arc::new(raft_config(&config)?),
-            Network { local_ip },
-            log_store,
-            sm,
-        )
-        .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft_runtime = RaftRuntime::start()
+            .map_err(|e| StartError::Raft(format!("cannot start the Raft runtime: {e}")))?;
+        // Raft spawns its tasks (core, state machine worker, replication)
+        // where it is created.
+        let raft_config = Arc::new(raft_config(&config)?);
+        let raft = raft_runtime
+            .handle()
+            .spawn(Raft::<TypeConfig>::new(
+                id,
+                raft_config,
+                Network { local_ip },
+                log_store,
+                sm,
+            ))
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?
+            .map_err(|e| StartError::Raft(e.to_string()))?;
         let initialized = raft
             .is_initialized()
             .await
@@ -303,13 +372,16 @@ impl Node {
         let shutdown = CancellationToken::new();
         let config = Arc::new(config);
         let peers = Arc::new(Peers::new(local_ip));
-        let proposer = Proposer::start(
-            id,
-            raft.clone(),
-            peers.clone(),
-            config.max_batch,
-            config.raft.election_timeout_max,
-        );
+        let proposer = {
+            let _on_raft_runtime = raft_runtime.handle().enter();
+            Proposer::start(
+                id,
+                raft.clone(),
+                peers.clone(),
+                config.max_batch,
+                config.raft.election_timeout_max,
+            )
+        };
         let clock = Arc::new(Mutex::new(SessionClock::new(Instant::now())));
         let heartbeats = Heartbeats::new(id, raft.clone(), clock.clone());
         let core = Arc::new(Core {
@@ -353,36 +425,18 @@ impl Node {
             config.sessions.tick,
             shutdown.clone(),
         ));
-        let registry_service = RegistryServer::new(RegistryService::new(core.clone()))
-            .max_decoding_message_size(16 << 20)
-            .max_encoding_message_size(usize::MAX);
-        let raft_service = RaftServer::new(RaftService::new(core.clone()))
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        let serve_shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                .add_service(registry_service)
-                .add_service(raft_service)
-                // Nagle's algorithm with delayed ACKs adds ~40 ms to replies
-                // written in several pieces; `tcp_nodelay` above only applies
-                // to listeners tonic binds itself.
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    serve_shutdown.cancelled_owned(),
-                )
-                .await;
-            if let Err(e) = result {
-                tracing::error!("gRPC server failed: {e}");
-            }
-        });
+        let routed = connections::route(listener, shutdown.clone());
+        tasks.spawn(serve_grpc(core.clone(), routed.public));
+        let internal_server = raft_runtime
+            .handle()
+            .spawn(serve_grpc(core.clone(), routed.internal));
         tracing::info!(node = id, addr = %local_addr, "serving");
         Ok(Node {
             core,
             local_addr,
             tasks,
+            internal_server,
+            raft_runtime,
         })
     }
 
@@ -418,13 +472,17 @@ impl Node {
         // Give streams a moment to send their goodbye, but never hang.
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while self.tasks.join_next().await.is_some() {}
+            let _ = (&mut self.internal_server).await;
         })
         .await;
         self.tasks.abort_all();
+        self.internal_server.abort();
         if let Err(e) = self.core.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
         // Close the UDP socket so the port can be bound again at once.
         self.core.gossip.shutdown().await;
+        // Whatever still runs there (replication streams winding down) stops.
+        drop(self.raft_runtime);
     }
 }

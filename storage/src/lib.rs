@@ -10,6 +10,7 @@ pub mod command;
 pub mod data_dir;
 pub mod feed;
 pub mod filter;
+mod flush;
 pub mod gate;
 pub mod limits;
 pub mod log_store;

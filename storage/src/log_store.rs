@@ -92,8 +92,7 @@ impl LogStore {
 
     async fn flush(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
         let _gate = gate::enter().await;
-        self.db
-            .flush_async()
+        crate::flush::flush(&self.db)
             .await
             .map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
         Ok(())
@@ -194,7 +193,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log.apply_batch(batch).map_err(logs_write)?;
         // Only data on disk may be reported durable: an acknowledged write
         // must survive a crash.
-        let flushed = self.db.flush_async().await;
+        let flushed = crate::flush::flush(&self.db).await;
         drop(gate);
         match flushed {
             Ok(_) => {

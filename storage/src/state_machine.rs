@@ -231,8 +231,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         {
             let _gate = gate::enter().await;
-            self.db
-                .flush_async()
+            crate::flush::flush(&self.db)
                 .await
                 .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         }
@@ -361,8 +360,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.snapshots
             .insert(CURRENT_SNAPSHOT_KEY, encode(&stored).map_err(write)?)
             .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        self.db
-            .flush_async()
+        crate::flush::flush(&self.db)
             .await
             .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         drop(gate);
