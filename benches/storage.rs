@@ -6,8 +6,6 @@
 //! `cargo bench -p fuddle-benches --bench storage` runs it; add
 //! `-- --quick` for a smoke run.
 
-use std::collections::BTreeMap;
-
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fuddle_storage::{
     Command, DataDir, Entry, FeedConfig, LogStore, MemberSpec, Origin, RegistryState, Request,
@@ -34,7 +32,7 @@ fn register(client: &str, seq: u64, id: usize) -> Command {
             locality: "aws.us-east-1.us-east-1b".into(),
             revision: "v1.4.2".into(),
             created_ms: 1,
-            metadata: BTreeMap::from([("payload".to_string(), "x".repeat(240))]),
+            metadata: fuddle_storage::Metadata::from([("payload".to_string(), "x".repeat(240))]),
         },
     }
 }

@@ -94,7 +94,7 @@ fn fixed_member() -> Member {
         locality: "aws.us-east-1.us-east-1b".into(),
         revision: "v1".into(),
         created_ms: 1,
-        metadata: BTreeMap::from([("env".to_string(), "prod".to_string())]),
+        metadata: BTreeMap::from([("env".to_string(), "prod".to_string())]).into(),
     })
 }
 

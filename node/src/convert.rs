@@ -13,7 +13,7 @@ pub fn member_to_pb(m: &Member) -> pb::Member {
         locality: m.spec.locality.clone(),
         revision: m.spec.revision.clone(),
         created_ms: m.spec.created_ms,
-        metadata: m.spec.metadata.clone(),
+        metadata: m.spec.metadata.clone().into(),
         status: status_to_pb(m.status) as i32,
         client_id: m.client_id.clone(),
         create_index: m.create_index,
@@ -37,7 +37,7 @@ pub fn spec_from_pb(m: pb::Member) -> MemberSpec {
         locality: m.locality,
         revision: m.revision,
         created_ms: m.created_ms,
-        metadata: m.metadata,
+        metadata: m.metadata.into(),
     }
 }
 

@@ -6,8 +6,14 @@ use std::path::{Path, PathBuf};
 
 /// The on-disk format this build reads and writes. Bump it on any change of
 /// the stored encoding; a node refuses a data dir of another version.
-/// History: 2 stopped storing a session's member ids (rebuilt on load).
-pub const FORMAT_VERSION: u32 = 2;
+/// History: 2 stopped storing a session's member ids (rebuilt on load); 3
+/// keeps snapshot data in files beside the database (see `snapshot_files`).
+pub const FORMAT_VERSION: u32 = 3;
+
+/// Older formats this build upgrades in place when it opens them. From 2:
+/// the state machine moves the snapshot out of sled when it opens (and
+/// does so whenever it finds one there, so a crash halfway is harmless).
+const UPGRADES_FROM: &[u32] = &[2];
 
 const META_TREE: &str = "meta";
 const FORMAT_KEY: &str = "format_version";
@@ -144,7 +150,12 @@ impl DataDir {
                         path: self.path.clone(),
                         found: format!("unreadable ({} bytes)", v.len()),
                     })?;
-                if found != FORMAT_VERSION {
+                if UPGRADES_FROM.contains(&found) {
+                    meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
+                        .map_err(|e| classify(&self.path, e))?;
+                    let _gate = crate::gate::enter_blocking();
+                    self.db.flush().map_err(|e| classify(&self.path, e))?;
+                } else if found != FORMAT_VERSION {
                     return Err(OpenError::UnknownFormat {
                         path: self.path.clone(),
                         found: found.to_string(),

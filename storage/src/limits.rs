@@ -2,8 +2,6 @@
 //! is proposed. Nothing is ever truncated: a request over a limit is refused
 //! with the field and the limit named.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::member::MemberSpec;
@@ -146,11 +144,12 @@ impl Limits {
 
     /// Checks a complete metadata map (a registration, or the result of an
     /// update merged into the current map).
-    pub fn check_metadata(
+    pub fn check_metadata<'a>(
         &self,
         field: &str,
-        metadata: &BTreeMap<String, String>,
+        metadata: impl IntoIterator<Item = (&'a String, &'a String), IntoIter: ExactSizeIterator>,
     ) -> Result<(), InvalidField> {
+        let metadata = metadata.into_iter();
         if metadata.len() > self.max_metadata_keys {
             return Err(invalid(
                 field,

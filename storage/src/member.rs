@@ -1,8 +1,8 @@
 //! Members: the running instances of services that the registry holds.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
+
+use crate::metadata::Metadata;
 
 /// Whether a member's session is heartbeating. Only the registry changes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -39,7 +39,7 @@ pub struct MemberSpec {
     /// When the member's process started (Unix ms), as the client says.
     pub created_ms: u64,
     /// Free-form key/value pairs, bounded by the node's limits.
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
 }
 
 /// A member as the registry holds it.

@@ -23,12 +23,24 @@ use crate::gate;
 use crate::member::Member;
 use crate::registry::{Applied, Registry};
 use crate::session::Session;
+use crate::snapshot_files;
 use crate::state::RegistryState;
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const SM_TREE: &str = "sm";
-const SNAPSHOT_TREE: &str = "snapshot";
-const CURRENT_SNAPSHOT_KEY: &str = "current";
+/// Before format 3: the tree holding the whole current snapshot and the
+/// snapshot sequence. Opening such a data dir moves the snapshot to a file
+/// and drops the tree (while it exists, sled loads the old snapshot with
+/// the tree's page).
+const OLD_SNAPSHOT_TREE: &str = "snapshot";
+/// The sequence that names snapshot files and ids.
+const SNAPSHOT_SEQ_TREE: &str = "snapshot_seq";
+/// Before format 3 the whole snapshot was this key's value; opening such a
+/// data dir moves it to a file.
+const OLD_CURRENT_SNAPSHOT_KEY: &str = "current";
+/// The current snapshot's [`SnapshotPointer`], in the `sm` tree: installing
+/// a snapshot replaces the state and the pointer in one atomic batch.
+const SNAPSHOT_POINTER_KEY: &[u8] = b"xsnapshot";
 const SNAPSHOT_SEQ_KEY: &str = "seq";
 
 /// Key prefixes in the `sm` tree.
@@ -75,11 +87,19 @@ struct SnapshotContent {
     state: RegistryState,
 }
 
-/// The last snapshot, as stored for sending to followers.
-#[derive(Serialize, Deserialize)]
+/// The last snapshot as stored before format 3 (read only to move it).
+#[derive(Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
+}
+
+/// The current snapshot: its metadata, and the file holding its data (see
+/// `snapshot_files`).
+#[derive(Serialize, Deserialize)]
+struct SnapshotPointer {
+    meta: SnapshotMeta,
+    file: String,
 }
 
 /// Raft-only parts of the applied state, beside the registry.
@@ -103,8 +123,11 @@ pub struct StateMachineStore {
     db: sled::Db,
     /// The state: members, sessions, last applied, membership.
     sm: sled::Tree,
-    /// The last built or installed snapshot.
-    snapshots: sled::Tree,
+    /// The sequence that names snapshot files (the pointer to the current
+    /// one is in `sm`).
+    snapshot_seq: sled::Tree,
+    /// Where snapshot files are.
+    snapshot_folder: std::path::PathBuf,
 }
 
 impl StateMachineStore {
@@ -112,7 +135,7 @@ impl StateMachineStore {
     pub fn open(dir: &DataDir, feed: FeedConfig) -> Result<StateMachineStore, StorageError> {
         let read = |e: sled::Error| sm_err(ErrorVerb::Read, e);
         let sm = dir.db.open_tree(SM_TREE).map_err(read)?;
-        let snapshots = dir.db.open_tree(SNAPSHOT_TREE).map_err(read)?;
+        let snapshot_seq = dir.db.open_tree(SNAPSHOT_SEQ_TREE).map_err(read)?;
         let mut state = RegistryState::default();
         for item in sm.scan_prefix([MEMBER_PREFIX]) {
             let (_, value) = item.map_err(read)?;
@@ -135,7 +158,7 @@ impl StateMachineStore {
             None => StoredMembership::default(),
         };
         let index = last_applied.map_or(0, |l| l.index);
-        Ok(StateMachineStore {
+        let store = StateMachineStore {
             registry: Registry::new(state, index, feed),
             raft: Arc::new(std::sync::Mutex::new(RaftApplied {
                 last_applied,
@@ -143,8 +166,108 @@ impl StateMachineStore {
             })),
             db: dir.db.clone(),
             sm,
-            snapshots,
+            snapshot_seq,
+            snapshot_folder: snapshot_files::folder(&dir.path),
+        };
+        store.move_old_snapshot()?;
+        let current = store.pointer()?.map(|p| p.file);
+        snapshot_files::remove_all_but(&store.snapshot_folder, current.as_deref());
+        Ok(store)
+    }
+
+    /// Moves a snapshot stored whole in sled (before format 3) to a file,
+    /// carries the sequence over, and drops the old tree.
+    fn move_old_snapshot(&self) -> Result<(), StorageError> {
+        let read = |e: sled::Error| snapshot_err(ErrorVerb::Read, e);
+        let write = |e: sled::Error| snapshot_err(ErrorVerb::Write, e);
+        let has_old = self
+            .db
+            .tree_names()
+            .iter()
+            .any(|name| name.as_ref() == OLD_SNAPSHOT_TREE.as_bytes());
+        if !has_old {
+            return Ok(());
+        }
+        let old_tree = self.db.open_tree(OLD_SNAPSHOT_TREE).map_err(read)?;
+        // Opening runs before anything else uses the store (see `gate`).
+        let _gate = gate::enter_blocking();
+        if let Some(seq) = old_tree.get(SNAPSHOT_SEQ_KEY).map_err(read)? {
+            self.snapshot_seq
+                .insert(SNAPSHOT_SEQ_KEY, seq)
+                .map_err(write)?;
+        }
+        if let Some(bytes) = old_tree.get(OLD_CURRENT_SNAPSHOT_KEY).map_err(read)? {
+            let old: StoredSnapshot =
+                decode(&bytes).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+            drop(bytes);
+            let seq = self.next_snapshot_seq()?;
+            let file = snapshot_files::write(&self.snapshot_folder, seq, &old.data)
+                .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+            let pointer = SnapshotPointer {
+                meta: old.meta,
+                file,
+            };
+            let pointer = encode(&pointer).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+            self.sm
+                .insert(SNAPSHOT_POINTER_KEY, pointer)
+                .map_err(write)?;
+        }
+        // The pointer and the sequence are durable before the old tree goes.
+        self.db.flush().map_err(write)?;
+        drop(old_tree);
+        self.db.drop_tree(OLD_SNAPSHOT_TREE).map_err(write)?;
+        self.db.flush().map_err(write)?;
+        Ok(())
+    }
+
+    /// The current snapshot's pointer, if there is a snapshot.
+    fn pointer(&self) -> Result<Option<SnapshotPointer>, StorageError> {
+        let read = |e| snapshot_err(ErrorVerb::Read, e);
+        match self.sm.get(SNAPSHOT_POINTER_KEY).map_err(read)? {
+            Some(bytes) => Ok(Some(
+                decode(&bytes).map_err(|e| snapshot_err(ErrorVerb::Read, e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// A number for a new snapshot file, never handed out before.
+    fn next_snapshot_seq(&self) -> Result<u64, StorageError> {
+        Ok(self
+            .snapshot_seq
+            .update_and_fetch(SNAPSHOT_SEQ_KEY, |old| {
+                let n = old
+                    .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                    .map_or(0, u64::from_be_bytes);
+                Some((n + 1).to_be_bytes().to_vec())
+            })
+            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Writes snapshot data to a file, durably; returns the file's pointer
+    /// and the data.
+    async fn write_snapshot_file(
+        &self,
+        meta: &SnapshotMeta,
+        seq: u64,
+        data: Vec<u8>,
+    ) -> Result<(Vec<u8>, Vec<u8>, String), StorageError> {
+        let write = |e: std::io::Error| snapshot_err(ErrorVerb::Write, e);
+        let folder = self.snapshot_folder.clone();
+        let (file, data) = tokio::task::spawn_blocking(move || {
+            snapshot_files::write(&folder, seq, &data).map(|file| (file, data))
         })
+        .await
+        .map_err(|e| write(std::io::Error::other(e)))?
+        .map_err(write)?;
+        let pointer = SnapshotPointer {
+            meta: meta.clone(),
+            file: file.clone(),
+        };
+        let pointer = encode(&pointer).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        Ok((pointer, data, file))
     }
 
     /// The registry this store applies to.
@@ -154,9 +277,7 @@ impl StateMachineStore {
 
     /// The index of the stored snapshot, if any (for status reports).
     pub fn snapshot_index(&self) -> Option<u64> {
-        let bytes = self.snapshots.get(CURRENT_SNAPSHOT_KEY).ok()??;
-        let stored: StoredSnapshot = decode(&bytes).ok()?;
-        stored.meta.last_log_id.map(|l| l.index)
+        self.pointer().ok()??.meta.last_log_id.map(|l| l.index)
     }
 
     fn raft(&self) -> std::sync::MutexGuard<'_, RaftApplied> {
@@ -202,17 +323,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             .map_err(write)?;
             (data, raft)
         };
-        let seq = self
-            .snapshots
-            .update_and_fetch(SNAPSHOT_SEQ_KEY, |old| {
-                let n = old
-                    .and_then(|v| <[u8; 8]>::try_from(v).ok())
-                    .map_or(0, u64::from_be_bytes);
-                Some((n + 1).to_be_bytes().to_vec())
-            })
-            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes);
+        let seq = self.next_snapshot_seq()?;
         let snapshot_id = match raft.last_applied {
             Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
             None => format!("0-0-{seq}"),
@@ -222,12 +333,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             last_membership: raft.membership.clone(),
             snapshot_id,
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.snapshots
-            .insert(CURRENT_SNAPSHOT_KEY, encode(&stored).map_err(write)?)
+        let (pointer, data, file) = self.write_snapshot_file(&meta, seq, data).await?;
+        self.sm
+            .insert(SNAPSHOT_POINTER_KEY, pointer)
             .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         {
             let _gate = gate::enter().await;
@@ -235,9 +343,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 .await
                 .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         }
+        snapshot_files::remove_all_but(&self.snapshot_folder, Some(&file));
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }
@@ -331,8 +440,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Err(snapshot_err(ErrorVerb::Read, e));
         }
 
-        // One batch removes the old state and writes the new one, so a crash
-        // leaves either the old state or the new one, never a mix.
+        // The data goes to its file first; then one batch removes the old
+        // state and writes the new one with the pointer to that file, so a
+        // crash leaves either the old state and snapshot or the new ones,
+        // never a mix.
+        let seq = self.next_snapshot_seq()?;
+        let (pointer, _, file) = self.write_snapshot_file(meta, seq, data).await?;
         let mut batch = sled::Batch::default();
         for item in self.sm.iter() {
             let (key, _) = item.map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
@@ -349,21 +462,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             MEMBERSHIP_KEY,
             encode(&meta.last_membership).map_err(write)?,
         );
-        let gate = gate::enter().await;
-        self.sm
-            .apply_batch(batch)
-            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.snapshots
-            .insert(CURRENT_SNAPSHOT_KEY, encode(&stored).map_err(write)?)
-            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        crate::flush::flush(&self.db)
-            .await
-            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        drop(gate);
+        batch.insert(SNAPSHOT_POINTER_KEY, pointer);
+        {
+            let _gate = gate::enter().await;
+            self.sm
+                .apply_batch(batch)
+                .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+            crate::flush::flush(&self.db)
+                .await
+                .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        }
+        snapshot_files::remove_all_but(&self.snapshot_folder, Some(&file));
 
         let index = meta.last_log_id.map_or(0, |l| l.index);
         let raft = self.raft.clone();
@@ -379,18 +488,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(bytes) = self
-            .snapshots
-            .get(CURRENT_SNAPSHOT_KEY)
-            .map_err(|e| snapshot_err(ErrorVerb::Read, e))?
-        else {
+        let Some(pointer) = self.pointer()? else {
             return Ok(None);
         };
-        let stored: StoredSnapshot =
-            decode(&bytes).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+        let folder = self.snapshot_folder.clone();
+        let file = pointer.file.clone();
+        let data = tokio::task::spawn_blocking(move || snapshot_files::read(&folder, &file))
+            .await
+            .map_err(|e| snapshot_err(ErrorVerb::Read, std::io::Error::other(e)))?
+            .map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
         Ok(Some(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            meta: pointer.meta,
+            snapshot: Box::new(Cursor::new(data)),
         }))
     }
 }

@@ -58,7 +58,7 @@ fn spec(id: &str) -> MemberSpec {
         locality: "aws.us-east-1.us-east-1b".into(),
         revision: "abc123".into(),
         created_ms: 42,
-        metadata: BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]),
+        metadata: crate::Metadata::from([("a".into(), "1".into()), ("b".into(), "2".into())]),
     }
 }
 
@@ -299,7 +299,7 @@ fn register_again_by_the_same_session_replaces_and_keeps_create_index() {
     let old = state.members["m1"].clone();
     let mut new_spec = spec("m1");
     new_spec.revision = "def456".into();
-    new_spec.metadata = BTreeMap::from([("z".into(), "9".into())]);
+    new_spec.metadata = crate::Metadata::from([("z".into(), "9".into())]);
     let (outcome, out) = ok(
         &mut state,
         6,
@@ -442,7 +442,7 @@ fn update_metadata_sets_and_removes_keys() {
     let m = member_of(outcome);
     assert_eq!(
         m.spec.metadata,
-        BTreeMap::from([("b".into(), "3".into()), ("c".into(), "4".into())])
+        crate::Metadata::from([("b".into(), "3".into()), ("c".into(), "4".into())])
     );
     assert_eq!(m.create_index, 2);
     assert_eq!(m.mod_index, 6);

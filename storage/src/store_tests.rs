@@ -103,7 +103,7 @@ fn register(client_id: &str, seq: u64, id: &str) -> Command {
             locality: "dc1.rack2".into(),
             revision: "v1".into(),
             created_ms: 7,
-            metadata: BTreeMap::from([("zone".into(), "a".into())]),
+            metadata: crate::Metadata::from([("zone".into(), "a".into())]),
         },
     }
 }
@@ -397,6 +397,107 @@ async fn snapshots_get_distinct_ids_and_the_latest_is_current() {
     assert_eq!(first.meta.last_log_id, second.meta.last_log_id);
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, second.meta);
+}
+
+fn snapshot_files(data_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data_dir.join("snapshots"))
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn snapshot_data_lives_in_one_file_that_survives_reopening() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = {
+        let (_dir, _log, mut sm) = open(tmp.path());
+        sm.apply(script()).await.unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        let snap = builder.build_snapshot().await.unwrap();
+        assert_eq!(snapshot_files(tmp.path()).len(), 1, "older files removed");
+        snap
+    };
+    // A file nothing points at (a crash before the pointer) goes at start.
+    std::fs::write(
+        tmp.path().join("snapshots").join("00000000000000000099"),
+        b"x",
+    )
+    .unwrap();
+    let (_dir, _log, mut sm) = open(tmp.path());
+    assert_eq!(snapshot_files(tmp.path()).len(), 1);
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snap.meta);
+    assert_eq!(current.snapshot.get_ref(), snap.snapshot.get_ref());
+}
+
+#[tokio::test]
+async fn a_format_2_snapshot_stored_in_sled_is_moved_to_a_file() {
+    /// The format-2 record: metadata and data as one sled value.
+    #[derive(serde::Serialize)]
+    struct OldStoredSnapshot {
+        meta: crate::types::SnapshotMeta,
+        data: Vec<u8>,
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = {
+        let (dir, _log, mut sm) = open(tmp.path());
+        sm.apply(script()).await.unwrap();
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        // Rewrite the data dir as format 2 left it.
+        let old = OldStoredSnapshot {
+            meta: snap.meta.clone(),
+            data: snap.snapshot.get_ref().clone(),
+        };
+        let snapshots = dir.db.open_tree("snapshot").unwrap();
+        snapshots
+            .insert("current", crate::codec::encode(&old).unwrap())
+            .unwrap();
+        dir.db
+            .open_tree("sm")
+            .unwrap()
+            .remove(b"xsnapshot")
+            .unwrap();
+        dir.db
+            .open_tree("meta")
+            .unwrap()
+            .insert("format_version", &2u32.to_be_bytes())
+            .unwrap();
+        std::fs::remove_dir_all(tmp.path().join("snapshots")).unwrap();
+        dir.db.flush().unwrap();
+        snap
+    };
+    let (dir, _log, mut sm) = open(tmp.path());
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snap.meta);
+    assert_eq!(current.snapshot.get_ref(), snap.snapshot.get_ref());
+    assert_eq!(sm.snapshot_index(), Some(6));
+    assert_eq!(snapshot_files(tmp.path()).len(), 1);
+    let trees = dir.db.tree_names();
+    assert!(
+        !trees.iter().any(|t| t.as_ref() == b"snapshot"),
+        "the old tree is dropped: sled would load the old snapshot with it"
+    );
+    let format = dir
+        .db
+        .open_tree("meta")
+        .unwrap()
+        .get("format_version")
+        .unwrap();
+    assert_eq!(
+        format.as_deref(),
+        Some(&crate::data_dir::FORMAT_VERSION.to_be_bytes()[..])
+    );
 }
 
 // ---------------------------------------------------------------------------
