@@ -1358,6 +1358,7 @@ fn rpcs(session: &str) -> Vec<(&'static str, Vec<u8>)> {
 /// wire types).
 fn body(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
     let len = valid.len().max(1);
+    let unchanged = Just(valid.clone());
     let mutated = (
         prop::collection::vec((0..len, any::<u8>()), 1..6),
         prop::option::of(0..=len),
@@ -1377,6 +1378,10 @@ fn body(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
             b
         });
     prop_oneof![
+        // Some bodies unchanged, so that the accepting path is reached in
+        // every run: mutated ones decode and pass only ~3% of the time,
+        // and 96 cases then reached no OK about once in 20 runs.
+        1 => unchanged,
         3 => mutated,
         2 => prop::collection::vec(any::<u8>(), 0..64),
         1 => prop::collection::vec(any::<u8>(), 0..4096),
