@@ -53,6 +53,13 @@ pub struct Core {
     pub shutdown: CancellationToken,
     /// When the node started, for uptime.
     pub started: Instant,
+    /// The Raft term this node started in. It may lead only in a later
+    /// term: openraft 0.9 restores a node whose saved vote is its own as
+    /// leader of that term without an election, with a commit point read
+    /// from unflushed storage that can lag the cluster's. Such a leader
+    /// holds an election at once (see `Node::start`); until it has won one,
+    /// it answers no linearizable read.
+    pub startup_term: u64,
 }
 
 impl Core {
@@ -108,12 +115,15 @@ impl Core {
                 // A leader may answer reads only once it has applied an
                 // entry of its own term (Raft §8): before that, what it
                 // knows to be committed can lag the cluster's commit point.
+                // And only in a term it won after starting (see
+                // `startup_term`).
                 let mut metrics = self.raft.metrics();
                 let own_term = tokio::time::timeout(READ_BARRIER_TIMEOUT, async {
                     metrics
                         .wait_for(|m| {
-                            m.last_applied
-                                .is_some_and(|l| l.leader_id.term == m.current_term)
+                            m.current_term > self.startup_term
+                                && m.last_applied
+                                    .is_some_and(|l| l.leader_id.term == m.current_term)
                         })
                         .await
                         .is_ok()

@@ -332,6 +332,7 @@ impl Node {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let startup_term = raft.metrics().borrow().current_term;
         let initialized = raft
             .is_initialized()
             .await
@@ -351,18 +352,25 @@ impl Node {
             // leader, without an election (openraft issue #1511); its read
             // index can then lag the true commit point, which was saved
             // unflushed. An election in a new term makes it commit an entry
-            // of its own term first (see `Core::leader_read_index`).
+            // of its own term first; until then it answers no linearizable
+            // read (see `Core::startup_term`). The wait ends as soon as the
+            // term moves on (someone else was elected) or the node leads in
+            // its start term; it is bounded only so that a node that never
+            // hears of a leader does not keep a task forever.
             let raft = raft.clone();
             tokio::spawn(async move {
                 let mut metrics = raft.metrics();
-                let led = tokio::time::timeout(Duration::from_secs(1), async {
-                    metrics
-                        .wait_for(|m| m.current_leader == Some(id) && m.state.is_leader())
-                        .await
-                        .is_ok()
+                let restored = tokio::time::timeout(Duration::from_secs(60), async {
+                    let seen = metrics
+                        .wait_for(|m| {
+                            m.current_term > startup_term
+                                || (m.current_leader == Some(id) && m.state.is_leader())
+                        })
+                        .await;
+                    seen.is_ok_and(|m| m.current_term == startup_term)
                 })
                 .await;
-                if led == Ok(true) {
+                if restored == Ok(true) {
                     tracing::info!(node = id, "restarted as leader; holding an election");
                     let _ = raft.trigger().elect().await;
                 }
@@ -397,6 +405,7 @@ impl Node {
             gossip: gossip.clone(),
             shutdown: shutdown.clone(),
             started,
+            startup_term,
         });
 
         let mut tasks = JoinSet::new();
