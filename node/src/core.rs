@@ -53,13 +53,16 @@ pub struct Core {
     pub shutdown: CancellationToken,
     /// When the node started, for uptime.
     pub started: Instant,
-    /// The Raft term this node started in. It may lead only in a later
-    /// term: openraft 0.9 restores a node whose saved vote is its own as
-    /// leader of that term without an election, with a commit point read
-    /// from unflushed storage that can lag the cluster's. Such a leader
-    /// holds an election at once (see `Node::start`); until it has won one,
-    /// it answers no linearizable read.
+    /// The Raft term this node started in, and the last index of its log
+    /// then. openraft 0.9 restores a node whose saved vote is its own as
+    /// leader of that term without an election (openraft issue #1511), with
+    /// a commit point read from unflushed storage that can lag the
+    /// cluster's. Such a leader answers linearizable reads only once it has
+    /// applied its whole log as it was at the start: every entry committed
+    /// before the crash is in it (a leader holds every committed entry).
     pub startup_term: u64,
+    /// See `startup_term`.
+    pub startup_last_log: u64,
 }
 
 impl Core {
@@ -115,13 +118,17 @@ impl Core {
                 // A leader may answer reads only once it has applied an
                 // entry of its own term (Raft §8): before that, what it
                 // knows to be committed can lag the cluster's commit point.
-                // And only in a term it won after starting (see
+                // And a leader restored without an election only once it
+                // has applied its log as it was at the start (see
                 // `startup_term`).
                 let mut metrics = self.raft.metrics();
                 let own_term = tokio::time::timeout(READ_BARRIER_TIMEOUT, async {
                     metrics
                         .wait_for(|m| {
-                            m.current_term > self.startup_term
+                            let applied = m.last_applied.map_or(0, |l| l.index);
+                            let recovered = m.current_term > self.startup_term
+                                || applied >= self.startup_last_log;
+                            recovered
                                 && m.last_applied
                                     .is_some_and(|l| l.leader_id.term == m.current_term)
                         })

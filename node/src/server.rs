@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use fuddle_proto::raft::raft_server::RaftServer;
 use fuddle_proto::shared_server::registry_server::RegistryServer;
 use fuddle_storage::{DataDir, NodeAddr, OpenError, TypeConfig, open_stores};
+use openraft::storage::RaftLogStorage;
 use openraft::{Raft, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -315,6 +316,16 @@ impl Node {
         let (log_store, sm) =
             open_stores(&dir, config.feed).map_err(|e| StartError::Storage(e.to_string()))?;
         let registry = sm.registry();
+        // Where a restored leader must get before it answers linearizable
+        // reads (see `Core::startup_term`). Read from storage, not from
+        // openraft's metrics, which start at zero until Raft has loaded.
+        let mut log_store = log_store;
+        let startup_term = log_store
+            .read_vote()
+            .await
+            .map_err(|e| StartError::Storage(e.to_string()))?
+            .map_or(0, |v| v.leader_id().term);
+        let startup_last_log = log_store.last_index().unwrap_or(0);
         let raft_runtime = RaftRuntime::start()
             .map_err(|e| StartError::Raft(format!("cannot start the Raft runtime: {e}")))?;
         // Raft spawns its tasks (core, state machine worker, replication)
@@ -332,7 +343,7 @@ impl Node {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let startup_term = raft.metrics().borrow().current_term;
+
         let initialized = raft
             .is_initialized()
             .await
@@ -347,36 +358,6 @@ impl Node {
                 .map_err(|e| StartError::Raft(e.to_string()))?;
             tracing::info!(node = id, "bootstrapped a new one-voter cluster");
         }
-        if initialized {
-            // openraft 0.9 restarts a node whose saved vote is its own as
-            // leader, without an election (openraft issue #1511); its read
-            // index can then lag the true commit point, which was saved
-            // unflushed. An election in a new term makes it commit an entry
-            // of its own term first; until then it answers no linearizable
-            // read (see `Core::startup_term`). The wait ends as soon as the
-            // term moves on (someone else was elected) or the node leads in
-            // its start term; it is bounded only so that a node that never
-            // hears of a leader does not keep a task forever.
-            let raft = raft.clone();
-            tokio::spawn(async move {
-                let mut metrics = raft.metrics();
-                let restored = tokio::time::timeout(Duration::from_secs(60), async {
-                    let seen = metrics
-                        .wait_for(|m| {
-                            m.current_term > startup_term
-                                || (m.current_leader == Some(id) && m.state.is_leader())
-                        })
-                        .await;
-                    seen.is_ok_and(|m| m.current_term == startup_term)
-                })
-                .await;
-                if restored == Ok(true) {
-                    tracing::info!(node = id, "restarted as leader; holding an election");
-                    let _ = raft.trigger().elect().await;
-                }
-            });
-        }
-
         let shutdown = CancellationToken::new();
         let config = Arc::new(config);
         let peers = Arc::new(Peers::new(local_ip));
@@ -406,6 +387,7 @@ impl Node {
             shutdown: shutdown.clone(),
             started,
             startup_term,
+            startup_last_log,
         });
 
         let mut tasks = JoinSet::new();
