@@ -891,3 +891,97 @@ async fn session_member_index_is_rebuilt_on_reopen_and_install() {
             .count()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Many stores in one process
+// ---------------------------------------------------------------------------
+
+/// Regression test for sled 0.34's batch/flush deadlock (see `gate.rs`):
+/// several stores in one process, each appending (batch + flush) and
+/// applying (batch) at once from many tasks. Run on both kinds of runtime,
+/// because the stores flush differently on each (`flush.rs`): on a
+/// current-thread runtime through sled's thread pool, the path that
+/// deadlocked. Without the gate a run of that case hung about every other
+/// time (measured by replacing the gate with a new mutex per call), so it
+/// runs three times; with the gate, each run takes about a second.
+///
+/// The work runs on a thread of its own and the test waits for it with a
+/// deadline, so a deadlock fails the test instead of hanging the suite.
+/// Data dirs are opened on blocking threads, as the node opens them:
+/// `DataDir::open` waits for the gate by polling, which must not happen on
+/// a runtime worker that a gate holder needs.
+#[test]
+fn stores_in_one_process_never_deadlock_in_sled() {
+    let multi_thread = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let current_thread = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // The current-thread case three times: without the gate one run of it
+    // deadlocked about every other time.
+    for (flavor, runtime) in [
+        (
+            "multi-thread",
+            multi_thread as fn() -> tokio::runtime::Runtime,
+        ),
+        ("current-thread", current_thread),
+        ("current-thread", current_thread),
+        ("current-thread", current_thread),
+    ] {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(runtime().block_on(busy_stores()));
+        });
+        let indexes = done_rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("{flavor}: stores deadlocked in sled (no end in 120 s)"));
+        assert_eq!(indexes, vec![BUSY_ENTRIES - 1; BUSY_STORES], "{flavor}");
+    }
+}
+
+const BUSY_STORES: usize = 12;
+const BUSY_ENTRIES: u64 = 600;
+
+/// Appends and applies on `BUSY_STORES` stores at once; returns each one's
+/// applied index.
+async fn busy_stores() -> Vec<u64> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for store in 0..BUSY_STORES {
+        tasks.spawn(async move {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().to_path_buf();
+            let (_dir, mut log, mut sm) = tokio::task::spawn_blocking(move || open(&path))
+                .await
+                .unwrap();
+            let client = format!("s{store}");
+            let mut entries = vec![membership(1, 1, &[1])];
+            entries.push(normal(1, 2, vec![open_session(&client)]));
+            for index in 3..BUSY_ENTRIES {
+                let id = format!("m{}", index % 10);
+                entries.push(normal(1, index, vec![register(&client, index, &id)]));
+            }
+            // Appends and applies interleave, a few entries at a time, as on
+            // a node under load.
+            for chunk in entries.chunks(3) {
+                log.blocking_append(chunk.to_vec()).await.unwrap();
+                sm.apply(chunk.to_vec()).await.unwrap();
+            }
+            let (_, index) = registry_of(&sm);
+            drop(tmp);
+            index
+        });
+    }
+    let mut indexes = Vec::new();
+    while let Some(index) = tasks.join_next().await {
+        indexes.push(index.unwrap());
+    }
+    indexes
+}
