@@ -15,6 +15,7 @@
 //! 10 000 deliveries, so this per-delivery cost decides fan-out throughput.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use fuddle_storage::{Applied, AppliedEntry, FeedItem, Filter, Registry};
 use futures::Stream;
 use tokio::sync::broadcast;
 use tokio::time::{Interval, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
 use crate::convert::{change_to_pb, matching_members};
@@ -64,12 +65,14 @@ pub fn stream(
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<EncodedSubscribeResponse, Status>> + Send + 'static {
     let streamer = Streamer {
-        registry,
-        sub,
-        shutdown,
-        out: VecDeque::new(),
-        live: None,
-        last: 0,
+        shutdown: Box::pin(shutdown.cancelled_owned()),
+        inner: Inner {
+            registry,
+            sub,
+            out: VecDeque::new(),
+            live: None,
+            last: 0,
+        },
     };
     // `None` once an error was yielded: the stream ends after it.
     futures::stream::unfold(Some(streamer), |streamer| async move {
@@ -83,12 +86,20 @@ pub fn stream(
 
 /// One subscription's state between two messages.
 struct Streamer {
+    /// Completes when the node stops, ending the stream. Made once: a new
+    /// `cancelled()` future per message registered and dropped a waiter
+    /// every time (about 8% of a node's time in a fan-out profile).
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Everything else.
+    inner: Inner,
+}
+
+/// A subscription's state apart from shutdown.
+struct Inner {
     /// Where the state, the history and the broadcast live.
     registry: Arc<Registry>,
     /// What the client asked for.
     sub: Subscription,
-    /// Ends the stream when the node stops.
-    shutdown: CancellationToken,
     /// Messages made but not yet taken by the server (the parts of a
     /// snapshot, a resumed history).
     out: VecDeque<EncodedSubscribeResponse>,
@@ -123,18 +134,19 @@ impl Streamer {
     /// The next message to send.
     async fn next(&mut self) -> Result<EncodedSubscribeResponse, NodeError> {
         loop {
-            if let Some(message) = self.out.pop_front() {
+            if let Some(message) = self.inner.out.pop_front() {
                 return Ok(message);
             }
-            let shutdown = self.shutdown.clone();
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Err(NodeError::ShuttingDown),
-                made = self.make() => made?,
+                () = self.shutdown.as_mut() => return Err(NodeError::ShuttingDown),
+                made = self.inner.make() => made?,
             }
         }
     }
+}
 
+impl Inner {
     /// Waits for something to send and puts it in `out` (possibly nothing,
     /// when an entry has no change for this filter).
     async fn make(&mut self) -> Result<(), NodeError> {
