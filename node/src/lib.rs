@@ -13,6 +13,7 @@ pub mod forward;
 pub mod gossip;
 pub mod http;
 pub mod membership;
+pub mod memory;
 pub mod network;
 pub mod peers;
 pub mod proposer;

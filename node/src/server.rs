@@ -28,7 +28,7 @@ use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
 use crate::registry_service::RegistryService;
 use crate::sessions::{self, Heartbeats, SessionClock};
-use crate::{http, membership};
+use crate::{http, membership, memory};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -403,6 +403,7 @@ impl Node {
         if let Some(listener) = http_listener {
             tasks.spawn(http::serve(listener, core.clone(), shutdown.clone()));
         }
+        tasks.spawn(memory::run_trimmer(shutdown.clone()));
         tasks.spawn(membership::run(
             id,
             raft.clone(),
