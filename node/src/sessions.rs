@@ -43,6 +43,13 @@ pub struct SessionView<'a> {
     pub down_since_ms: u64,
 }
 
+/// The most member changes one session-transition entry should carry (see
+/// [`Transitions::into_commands`]).
+pub const MAX_MEMBER_CHANGES_PER_ENTRY: usize = 5_000;
+
+/// Builds one kind of transition command from its client ids.
+type MakeCommand = fn(Vec<String>) -> Command;
+
 /// Sessions whose status should change, as found by one tick.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Transitions {
@@ -60,23 +67,41 @@ impl Transitions {
         self.down.is_empty() && self.up.is_empty() && self.expired.is_empty()
     }
 
-    /// The log commands for these transitions.
-    pub fn into_commands(self) -> Vec<Command> {
+    /// The log commands for these transitions, each changing at most
+    /// `max_member_changes` members (but always at least one session), as
+    /// counted by `members_of`. A session going down changes every member
+    /// it owns: 64 sessions owning 100 000 members between them made one
+    /// entry of 100 000 changes, and the node that applied it stayed at
+    /// 574 MB resident. Several smaller entries, proposed one after the
+    /// other, bound what one entry costs.
+    pub fn into_commands(
+        self,
+        members_of: impl Fn(&str) -> usize,
+        max_member_changes: usize,
+    ) -> Vec<Command> {
         let mut commands = Vec::new();
-        if !self.up.is_empty() {
-            commands.push(Command::SessionsUp {
-                client_ids: self.up,
-            });
-        }
-        if !self.down.is_empty() {
-            commands.push(Command::SessionsDown {
-                client_ids: self.down,
-            });
-        }
-        if !self.expired.is_empty() {
-            commands.push(Command::SessionsExpired {
-                client_ids: self.expired,
-            });
+        let parts: [(Vec<String>, MakeCommand); 3] = [
+            (self.up, |client_ids| Command::SessionsUp { client_ids }),
+            (self.down, |client_ids| Command::SessionsDown { client_ids }),
+            (self.expired, |client_ids| Command::SessionsExpired {
+                client_ids,
+            }),
+        ];
+        for (ids, command) in parts {
+            let mut chunk: Vec<String> = Vec::new();
+            let mut changes = 0;
+            for id in ids {
+                let members = members_of(&id);
+                if !chunk.is_empty() && changes + members > max_member_changes {
+                    commands.push(command(std::mem::take(&mut chunk)));
+                    changes = 0;
+                }
+                changes += members;
+                chunk.push(id);
+            }
+            if !chunk.is_empty() {
+                commands.push(command(chunk));
+            }
         }
         commands
     }
@@ -348,7 +373,7 @@ pub async fn run_ticker(
             was_leader = true;
             continue;
         }
-        let transitions = {
+        let (transitions, commands) = {
             let applied = registry.read();
             let views = applied.state.sessions.values().map(|s| SessionView {
                 id: &s.client_id,
@@ -360,25 +385,33 @@ pub async fn run_ticker(
                     SessionStatus::Up => 0,
                 },
             });
-            clock.lock().expect("session clock poisoned").tick(
+            let transitions = clock.lock().expect("session clock poisoned").tick(
                 now,
                 now_ms(),
                 views,
                 config.max_transitions_per_tick,
-            )
+            );
+            let sessions = &applied.state.sessions;
+            let counts = (
+                transitions.down.len(),
+                transitions.up.len(),
+                transitions.expired.len(),
+            );
+            let commands = transitions.into_commands(
+                |id| sessions.get(id).map_or(0, |s| s.members.len()),
+                MAX_MEMBER_CHANGES_PER_ENTRY,
+            );
+            (counts, commands)
         };
-        if transitions.is_empty() {
+        let (down, up, expired) = transitions;
+        if commands.is_empty() {
             continue;
         }
-        tracing::info!(
-            down = transitions.down.len(),
-            up = transitions.up.len(),
-            expired = transitions.expired.len(),
-            "session transitions"
-        );
+        tracing::info!(down, up, expired, "session transitions");
         // One at a time: the next tick sees the result, so nothing is
-        // proposed twice while the first proposal is in flight.
-        for command in transitions.into_commands() {
+        // proposed twice while the first proposal is in flight; and no
+        // two of these commands share an entry.
+        for command in commands {
             if let Err(e) = proposer.propose(command).await {
                 tracing::warn!("session transition not proposed: {e}");
             }
@@ -393,6 +426,46 @@ mod tests {
     /// Wall clock of the tests: the log says down sessions went down at
     /// this very moment, so only the monotonic clock matters.
     const WALL: u64 = 1_000_000;
+
+    #[test]
+    fn transitions_split_into_entries_of_bounded_member_changes() {
+        let ids = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let transitions = Transitions {
+            up: ids(&["u1"]),
+            down: ids(&["a", "b", "c", "d", "huge"]),
+            expired: ids(&["e1", "e2"]),
+        };
+        // a, b, c own 2 members each, d 1, huge 10, the others none.
+        let members = |id: &str| match id {
+            "a" | "b" | "c" => 2,
+            "d" => 1,
+            "huge" => 10,
+            _ => 0,
+        };
+        let commands = transitions.into_commands(members, 4);
+        assert_eq!(
+            commands,
+            vec![
+                Command::SessionsUp {
+                    client_ids: ids(&["u1"])
+                },
+                Command::SessionsDown {
+                    client_ids: ids(&["a", "b"])
+                },
+                Command::SessionsDown {
+                    client_ids: ids(&["c", "d"])
+                },
+                // A session over the bound still goes, alone.
+                Command::SessionsDown {
+                    client_ids: ids(&["huge"])
+                },
+                Command::SessionsExpired {
+                    client_ids: ids(&["e1", "e2"])
+                },
+            ]
+        );
+        assert!(Transitions::default().into_commands(members, 4).is_empty());
+    }
 
     fn view(id: &str, up: bool) -> SessionView<'_> {
         SessionView {
