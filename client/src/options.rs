@@ -43,6 +43,16 @@ impl Default for ClientOptions {
 }
 
 impl ClientOptions {
+    /// Growing, jittered pauses between `min_backoff` and `max_backoff`,
+    /// without end: every retry loop of the SDK waits by these.
+    pub(crate) fn backoff(&self) -> backon::ExponentialBuilder {
+        backon::ExponentialBuilder::new()
+            .with_min_delay(self.min_backoff)
+            .with_max_delay(self.max_backoff)
+            .with_jitter()
+            .without_max_times()
+    }
+
     /// How long a subscription may stay silent before it is presumed dead.
     pub(crate) fn stream_idle_timeout(&self) -> Duration {
         self.progress_interval * 4

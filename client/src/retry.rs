@@ -6,7 +6,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::time::Instant;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use fuddle_proto::registry::registry_client::RegistryClient;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -63,11 +63,8 @@ impl Client {
         let nodes = self.nodes();
         let options = self.options();
         let started = Instant::now();
-        let mut backoff = ExponentialBuilder::new()
-            .with_min_delay(options.min_backoff)
-            .with_max_delay(options.max_backoff)
-            .with_jitter()
-            .without_max_times()
+        let mut backoff = options
+            .backoff()
             .with_total_delay(Some(options.retry_deadline))
             .build();
         let (mut tried, mut unreachable, mut unreachable_rounds) = (0, 0, 0);

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use fuddle_proto::registry as proto;
 use futures::{Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
@@ -112,6 +112,8 @@ struct Current {
     /// A snapshot cut short by a broken stream is dropped with it: the next
     /// stream starts from the last complete event.
     chunks: Chunks,
+    /// How long it may stay silent.
+    idle: Duration,
     /// When the stream last said anything.
     heard: Instant,
     /// Fires when the stream may have been silent too long. One timer for
@@ -126,6 +128,7 @@ impl Current {
             stream,
             node,
             chunks: Chunks::default(),
+            idle,
             heard: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(idle)),
         }
@@ -155,7 +158,7 @@ impl Pump {
                 }
                 continue;
             };
-            match read(current, self.reader.client.options().stream_idle_timeout()).await {
+            match read(current).await {
                 Ok(Some(event)) => {
                     if self.reader.resume.accept(&event) {
                         return Some(Ok(event));
@@ -183,12 +186,7 @@ impl Pump {
     /// fails only on an error no retry cures.
     async fn reconnect(&mut self) -> Result<(), Error> {
         let options = self.reader.client.options().clone();
-        let mut pauses = ExponentialBuilder::new()
-            .with_min_delay(options.min_backoff)
-            .with_max_delay(options.max_backoff)
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut pauses = options.backoff().build();
         loop {
             match self.reader.open().await {
                 Ok((stream, node)) => {
@@ -208,7 +206,8 @@ impl Pump {
 
 /// Reads one message: an event, nothing yet (a snapshot part, progress
 /// that moved nothing), or why the stream stopped.
-async fn read(current: &mut Current, idle: Duration) -> Result<Option<Event>, Stop> {
+async fn read(current: &mut Current) -> Result<Option<Event>, Stop> {
+    let idle = current.idle;
     let received = loop {
         tokio::select! {
             biased;

@@ -373,7 +373,7 @@ pub async fn run_ticker(
             was_leader = true;
             continue;
         }
-        let (transitions, commands) = {
+        let ((down, up, expired), commands) = {
             let applied = registry.read();
             let views = applied.state.sessions.values().map(|s| SessionView {
                 id: &s.client_id,
@@ -403,7 +403,6 @@ pub async fn run_ticker(
             );
             (counts, commands)
         };
-        let (down, up, expired) = transitions;
         if commands.is_empty() {
             continue;
         }

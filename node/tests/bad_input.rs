@@ -341,25 +341,7 @@ impl Fixture {
 }
 
 async fn open_session(client: &mut RegistryClient<Channel>, heartbeat_timeout_ms: u64) -> String {
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(pb::SessionRequest {
-        kind: Some(pb::session_request::Kind::Open(pb::OpenSession {
-            client_id: String::new(),
-            heartbeat_timeout_ms,
-            reconnect_timeout_ms: 600_000,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut responses = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = responses.message().await.unwrap().unwrap();
-    let Some(pb::session_response::Kind::Opened(opened)) = first.kind else {
-        panic!("expected opened, got {first:?}");
-    };
+    let (_, _, opened) = common::open_raw_session(client, heartbeat_timeout_ms, 600_000).await;
     // The session lives on when the stream ends.
     opened.client_id
 }

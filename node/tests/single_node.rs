@@ -11,7 +11,6 @@ use fuddle_proto::registry as pb;
 use fuddle_proto::registry::registry_client::RegistryClient;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 /// Generous: tests wait on conditions, never on speed.
@@ -42,25 +41,7 @@ async fn open_session(
     hb_ms: u64,
     reconnect_ms: u64,
 ) -> TestSession {
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(pb::SessionRequest {
-        kind: Some(pb::session_request::Kind::Open(pb::OpenSession {
-            client_id: String::new(),
-            heartbeat_timeout_ms: hb_ms,
-            reconnect_timeout_ms: reconnect_ms,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut responses = c
-        .session(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = responses.message().await.unwrap().unwrap();
-    let Some(pb::session_response::Kind::Opened(opened)) = first.kind else {
-        panic!("expected opened, got {first:?}");
-    };
+    let (tx, responses, opened) = common::open_raw_session(c, hb_ms, reconnect_ms).await;
     assert!(!opened.resumed);
     TestSession {
         client_id: opened.client_id,

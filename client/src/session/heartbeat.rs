@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use fuddle_proto::registry as proto;
 use futures::StreamExt;
 use proto::{session_request, session_response};
@@ -100,12 +100,7 @@ async fn keep_alive(stream: &mut SessionStream, interval: Duration) -> String {
 /// until a node answers; `None` if the session is being closed meanwhile.
 async fn reopen(client: &Client, shared: &Shared) -> Option<(SessionStream, proto::SessionOpened)> {
     let options = client.options();
-    let mut pauses = ExponentialBuilder::new()
-        .with_min_delay(options.min_backoff)
-        .with_max_delay(options.max_backoff)
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut pauses = options.backoff().build();
     loop {
         if shared.is_closing() {
             return None;

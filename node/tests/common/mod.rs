@@ -7,6 +7,8 @@ use std::time::Duration;
 use fuddle_node::Config;
 use fuddle_proto::registry as pb;
 use fuddle_proto::registry::registry_client::RegistryClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 /// A single node with short Raft and session timings.
@@ -55,4 +57,39 @@ pub async fn wait_for_leader(c: &mut RegistryClient<Channel>, deadline: Duration
         assert!(tokio::time::Instant::now() < deadline, "no leader");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A session opened over the raw protocol: the sender for heartbeats, the
+/// response stream (the session lives on after it ends) and the answer to
+/// the open.
+#[allow(dead_code)]
+pub async fn open_raw_session(
+    client: &mut RegistryClient<Channel>,
+    heartbeat_timeout_ms: u64,
+    reconnect_timeout_ms: u64,
+) -> (
+    mpsc::Sender<pb::SessionRequest>,
+    tonic::Streaming<pb::SessionResponse>,
+    pb::SessionOpened,
+) {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(pb::SessionRequest {
+        kind: Some(pb::session_request::Kind::Open(pb::OpenSession {
+            client_id: String::new(),
+            heartbeat_timeout_ms,
+            reconnect_timeout_ms,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut responses = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = responses.message().await.unwrap().unwrap();
+    let Some(pb::session_response::Kind::Opened(opened)) = first.kind else {
+        panic!("expected opened, got {first:?}");
+    };
+    (tx, responses, opened)
 }
