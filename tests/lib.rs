@@ -286,22 +286,7 @@ impl NodeProcess {
     /// IP, and a port chosen in advance so that `--advertise` can name a
     /// proxy before the node starts.
     pub fn start_bound(name: &str, bind: &str, join: &[&str], extra_args: &[&str]) -> NodeProcess {
-        let root = tempfile::Builder::new()
-            .prefix(&format!("fuddle-test-{name}-"))
-            .tempdir()
-            .expect("a temporary directory");
-        let root_path = root.path().to_path_buf();
-        let mut node = NodeProcess {
-            name: name.to_owned(),
-            root: Some(root),
-            root_path,
-            child: None,
-            id: 0,
-            addr: String::new(),
-            join: join.iter().map(|s| (*s).to_owned()).collect(),
-            extra: extra_args.iter().map(|s| (*s).to_owned()).collect(),
-            logs: Vec::new(),
-        };
+        let mut node = NodeProcess::unstarted(name, join, extra_args);
         if let Err(failure) = node.spawn(bind) {
             panic!(
                 "node {name} did not start (exit status {:?}):\n{}",
@@ -321,25 +306,30 @@ impl NodeProcess {
         extra_args: &[&str],
         prepare: impl FnOnce(&std::path::Path),
     ) -> Result<NodeProcess, StartFailure> {
+        let mut node = NodeProcess::unstarted(name, &[], extra_args);
+        prepare(&node.data_dir());
+        node.spawn("127.0.0.1:0")?;
+        Ok(node)
+    }
+
+    /// A node with a fresh temporary root, not yet spawned.
+    fn unstarted(name: &str, join: &[&str], extra_args: &[&str]) -> NodeProcess {
         let root = tempfile::Builder::new()
             .prefix(&format!("fuddle-test-{name}-"))
             .tempdir()
             .expect("a temporary directory");
         let root_path = root.path().to_path_buf();
-        let mut node = NodeProcess {
+        NodeProcess {
             name: name.to_owned(),
             root: Some(root),
             root_path,
             child: None,
             id: 0,
             addr: String::new(),
-            join: Vec::new(),
+            join: join.iter().map(|s| (*s).to_owned()).collect(),
             extra: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             logs: Vec::new(),
-        };
-        prepare(&node.data_dir());
-        node.spawn("127.0.0.1:0")?;
-        Ok(node)
+        }
     }
 
     /// The node's id, as it printed it.
