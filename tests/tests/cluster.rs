@@ -535,6 +535,14 @@ async fn a_client_on_a_follower_stays_up_across_a_leader_kill() {
             }
         }
     };
+    // A stale read on the observer's node may come before that node has
+    // applied the registration (it was acknowledged through the other
+    // follower). One linearizable read makes the observer's node catch up;
+    // from then on its stale reads include the member.
+    observer
+        .list(Filter::all(), Consistency::Linearizable)
+        .await
+        .unwrap();
     // Up for several heartbeat timeouts before the kill.
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(2) {
