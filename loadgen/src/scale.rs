@@ -131,17 +131,22 @@ pub async fn run(endpoints: &[String], args: &ScaleArgs) -> Result<ScaleReport> 
         }
         other => bail!("expected a snapshot first, got {other:?}"),
     };
-    if !args.hold.is_zero() {
-        eprintln!("holding {} sessions for {:?}", sessions.len(), args.hold);
-        tokio::time::sleep(args.hold).await;
-    }
-    drop(sessions);
-    Ok(ScaleReport {
+    let report = ScaleReport {
         workload: "scale",
         registered: done.load(Ordering::Relaxed),
         register_s,
         members: members.len(),
         list_s,
         snapshot_s,
-    })
+    };
+    if !args.hold.is_zero() {
+        // The measurements come first, so that a script measuring from
+        // outside while the sessions are held has them even if it stops
+        // this run before the hold ends.
+        eprint!("{report}");
+        eprintln!("holding {} sessions for {:?}", sessions.len(), args.hold);
+        tokio::time::sleep(args.hold).await;
+    }
+    drop(sessions);
+    Ok(report)
 }

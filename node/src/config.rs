@@ -100,6 +100,9 @@ pub struct RaftTiming {
     pub snapshot_every: u64,
     /// Entries kept in the log behind a snapshot, for slow followers.
     pub keep_behind_snapshot: u64,
+    /// Build a snapshot once this many commands were applied since the
+    /// last one: the most a restart re-applies (see `snapshots`).
+    pub snapshot_every_commands: u64,
 }
 
 impl Default for RaftTiming {
@@ -110,6 +113,7 @@ impl Default for RaftTiming {
             election_timeout_max: Duration::from_millis(3000),
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
+            snapshot_every_commands: 100_000,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod raft_service;
 pub mod registry_service;
 pub mod server;
 pub mod sessions;
+pub mod snapshots;
 pub mod status;
 pub mod subscribe;
 

@@ -53,6 +53,10 @@ struct Args {
     /// Log entries kept behind a snapshot for followers that lag a little.
     #[arg(long, default_value_t = 1_000)]
     keep_behind_snapshot: u64,
+    /// Also build a snapshot once this many commands were applied since the
+    /// last one: the most a restart re-applies from the log.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_every_commands: u64,
     /// How often the leader checks sessions for missed heartbeats.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     session_tick: std::time::Duration,
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
     config.membership.check_interval = args.membership_check_interval;
     config.raft.snapshot_every = args.snapshot_every;
     config.raft.keep_behind_snapshot = args.keep_behind_snapshot;
+    config.raft.snapshot_every_commands = args.snapshot_every_commands;
     config.sessions.tick = args.session_tick;
     config.cache_bytes = args.cache_mb << 20;
     config.http_bind = Some(args.http_bind);

@@ -28,7 +28,7 @@ use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
 use crate::registry_service::RegistryService;
 use crate::sessions::{self, Heartbeats, SessionClock};
-use crate::{http, membership, memory};
+use crate::{http, membership, memory, snapshots};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -316,6 +316,7 @@ impl Node {
         let (log_store, sm) =
             open_stores(&dir, config.feed).map_err(|e| StartError::Storage(e.to_string()))?;
         let registry = sm.registry();
+        let sm_handle = sm.clone();
         // Where a restored leader must get before it answers linearizable
         // reads (see `Core::startup_term`). Read from storage, not from
         // openraft's metrics, which start at zero until Raft has loaded.
@@ -404,6 +405,12 @@ impl Node {
             tasks.spawn(http::serve(listener, core.clone(), shutdown.clone()));
         }
         tasks.spawn(memory::run_trimmer(shutdown.clone()));
+        tasks.spawn(snapshots::run_trigger(
+            raft.clone(),
+            sm_handle,
+            config.raft.snapshot_every_commands,
+            shutdown.clone(),
+        ));
         tasks.spawn(membership::run(
             id,
             raft.clone(),

@@ -332,3 +332,67 @@ async fn invalid_input_is_refused_naming_the_field() {
     assert_eq!(list(&mut c).await.members.len(), 1);
     node.shutdown().await;
 }
+
+/// The state machine lives in memory: a node snapshots once enough
+/// commands were applied (here every 20, entries alone would never
+/// trigger one), and a restart loads that snapshot and re-applies the log
+/// after it, ending with every member.
+#[tokio::test]
+async fn snapshots_follow_applied_commands_and_a_restart_replays_the_log_after_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.raft.snapshot_every = 1_000_000;
+    cfg.raft.snapshot_every_commands = 20;
+    let node = Node::start(cfg.clone()).await.unwrap();
+    let mut c = client(&node).await;
+    ready(&mut c).await;
+    let s = open_session(&mut c, 30_000, 60_000).await;
+    let mut seq = 0;
+    let mut register = async |c: &mut RegistryClient<Channel>, n: usize, prefix: &str| {
+        for i in 0..n {
+            seq += 1;
+            c.register(pb::RegisterRequest {
+                origin: origin(&s, seq),
+                member: Some(member(&format!("{prefix}-{i}"), "svc")),
+            })
+            .await
+            .unwrap();
+        }
+    };
+    register(&mut c, 60, "a").await;
+    let snapshot_index = |c: &mut RegistryClient<Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.node_status(pb::NodeStatusRequest { node_id: 0 })
+                .await
+                .unwrap()
+                .into_inner()
+                .snapshot_index
+        }
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut snapshotted = snapshot_index(&mut c).await;
+    while snapshotted == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot after 60 registrations with a limit of 20 commands"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        snapshotted = snapshot_index(&mut c).await;
+    }
+    // Written after the snapshot: only the log has these.
+    register(&mut c, 5, "b").await;
+    let before = list(&mut c).await;
+    assert_eq!(before.members.len(), 65);
+    assert!(before.index > snapshotted);
+    drop(s);
+    node.shutdown().await;
+
+    let node = Node::start(cfg).await.unwrap();
+    let mut c = client(&node).await;
+    ready(&mut c).await;
+    let after = list(&mut c).await;
+    assert_eq!(after.members, before.members);
+    assert!(after.index >= before.index);
+    node.shutdown().await;
+}

@@ -7,13 +7,16 @@ use std::path::{Path, PathBuf};
 /// The on-disk format this build reads and writes. Bump it on any change of
 /// the stored encoding; a node refuses a data dir of another version.
 /// History: 2 stopped storing a session's member ids (rebuilt on load); 3
-/// keeps snapshot data in files beside the database (see `snapshot_files`).
-pub const FORMAT_VERSION: u32 = 3;
+/// keeps snapshot data in files beside the database (see `snapshot_files`);
+/// 4 keeps the applied state only in memory, durable through snapshots and
+/// the log (see `state_machine`).
+pub const FORMAT_VERSION: u32 = 4;
 
-/// Older formats this build upgrades in place when it opens them. From 2:
-/// the state machine moves the snapshot out of sled when it opens (and
-/// does so whenever it finds one there, so a crash halfway is harmless).
-const UPGRADES_FROM: &[u32] = &[2];
+/// Older formats this build upgrades in place when it opens them. The state
+/// machine moves a snapshot stored in sled (2) to a file and turns a state
+/// stored member by member (2 and 3) into a snapshot when it opens, and
+/// does so whenever it finds either, so a crash halfway is harmless.
+const UPGRADES_FROM: &[u32] = &[2, 3];
 
 const META_TREE: &str = "meta";
 const FORMAT_KEY: &str = "format_version";

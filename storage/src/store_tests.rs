@@ -33,6 +33,33 @@ fn open(path: &Path) -> (DataDir, LogStore, StateMachineStore) {
     (dir, log, sm)
 }
 
+/// Appends entries to the log and applies them, as a node does once they
+/// are committed.
+async fn append_and_apply(
+    log: &mut LogStore,
+    sm: &mut StateMachineStore,
+    entries: Vec<Entry>,
+) -> Vec<Response> {
+    log.blocking_append(entries.clone()).await.unwrap();
+    sm.apply(entries).await.unwrap()
+}
+
+/// Opens the stores of a data dir and re-applies the log after the state
+/// machine's last applied entry, as openraft does at a start
+/// (`get_initial_state`; every entry in these tests is committed).
+async fn restart(path: &Path) -> (DataDir, LogStore, StateMachineStore) {
+    let (dir, mut log, mut sm) = open(path);
+    let from = sm
+        .applied_state()
+        .await
+        .unwrap()
+        .0
+        .map_or(0, |l| l.index + 1);
+    let entries = log.try_get_log_entries(from..).await.unwrap();
+    sm.apply(entries).await.unwrap();
+    (dir, log, sm)
+}
+
 fn lid(term: u64, index: u64) -> LogId {
     openraft::testing::log_id(term, 1, index)
 }
@@ -505,11 +532,11 @@ async fn a_format_2_snapshot_stored_in_sled_is_moved_to_a_file() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-async fn the_state_machine_survives_reopening() {
+async fn the_state_machine_is_rebuilt_from_its_snapshot_and_the_log() {
     let tmp = tempfile::tempdir().unwrap();
     let (state, index, applied) = {
-        let (_dir, _log, mut sm) = open(tmp.path());
-        let responses = sm.apply(script()).await.unwrap();
+        let (_dir, mut log, mut sm) = open(tmp.path());
+        let responses = append_and_apply(&mut log, &mut sm, script()).await;
         assert_eq!(responses.len(), 6, "one response per entry");
         assert_eq!(responses[0], Response::default(), "membership");
         assert_eq!(responses[3], Response::default(), "blank");
@@ -517,24 +544,30 @@ async fn the_state_machine_survives_reopening() {
         assert!(responses[1].results.iter().all(Result::is_ok));
         assert!(matches!(responses[2].results[1], Ok(Outcome::Member(_))));
         assert_eq!(responses[5].results, vec![Ok(Outcome::Done)]);
+        assert_eq!(sm.commands_since_snapshot(), 8);
         let (state, index) = registry_of(&sm);
         (state, index, sm.applied_state().await.unwrap())
     };
     assert_eq!(index, 6);
     assert_eq!(state.members.keys().collect::<Vec<_>>(), ["m1", "n1"]);
 
-    let (_dir, _log, mut sm) = open(tmp.path());
+    // Applying writes nothing: without a snapshot a store opens empty, and
+    // the log is what brings it back.
+    {
+        let (_dir, _log, mut sm) = open(tmp.path());
+        assert_eq!(registry_of(&sm), (RegistryState::default(), 0));
+        assert_eq!(sm.applied_state().await.unwrap().0, None);
+    }
+    let (_dir, mut log, mut sm) = restart(tmp.path()).await;
     assert_eq!(registry_of(&sm), (state.clone(), 6));
     assert_eq!(sm.registry().index(), 6);
     assert_eq!(sm.applied_state().await.unwrap(), applied);
-    // The feed starts after the loaded state.
     assert_eq!(feed_indexes(&sm, 6), Some(vec![]));
-    assert_eq!(feed_indexes(&sm, 5), None);
 
-    // The stored sessions kept their answers: a retry after the restart is
+    // The sessions kept their answers: a retry after the restart is
     // answered as before and applies nothing.
     let retry = normal(1, 7, vec![register("s2", 1, "n1")]);
-    let responses = sm.apply(vec![retry]).await.unwrap();
+    let responses = append_and_apply(&mut log, &mut sm, vec![retry]).await;
     match &responses[0].results[0] {
         Ok(Outcome::Member(m)) => {
             assert_eq!(m.create_index, 3);
@@ -548,24 +581,60 @@ async fn the_state_machine_survives_reopening() {
 }
 
 #[tokio::test]
+async fn a_store_opens_at_its_snapshot_and_counts_commands_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (at_snapshot, full) = {
+        let (_dir, mut log, mut sm) = open(tmp.path());
+        let mut entries = script();
+        let rest = entries.split_off(3);
+        append_and_apply(&mut log, &mut sm, entries).await;
+        assert_eq!(sm.commands_since_snapshot(), 5);
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(sm.commands_since_snapshot(), 0, "counted from the snapshot");
+        let at_snapshot = registry_of(&sm);
+        append_and_apply(&mut log, &mut sm, rest).await;
+        assert_eq!(sm.commands_since_snapshot(), 3);
+        (at_snapshot, registry_of(&sm))
+    };
+    {
+        let (_dir, _log, mut sm) = open(tmp.path());
+        assert_eq!(registry_of(&sm), at_snapshot);
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(lid(1, 3)));
+        assert_eq!(sm.commands_since_snapshot(), 0);
+    }
+    let (_dir, _log, sm) = restart(tmp.path()).await;
+    assert_eq!(registry_of(&sm), full);
+    assert_eq!(sm.commands_since_snapshot(), 3);
+}
+
+#[tokio::test]
 async fn a_reopened_store_goes_on_like_one_that_never_stopped() {
     let tmp_a = tempfile::tempdir().unwrap();
     let tmp_b = tempfile::tempdir().unwrap();
     let (_dir_a, _log_a, mut sm_a) = open(tmp_a.path());
     sm_a.apply(script()).await.unwrap();
     {
-        let (_dir_b, _log_b, mut sm_b) = open(tmp_b.path());
-        // In two batches, reopening in between.
+        let (_dir_b, mut log_b, mut sm_b) = open(tmp_b.path());
+        // In two batches, with a snapshot and a restart in between.
         let mut entries = script();
         let rest = entries.split_off(3);
-        sm_b.apply(entries).await.unwrap();
+        append_and_apply(&mut log_b, &mut sm_b, entries).await;
+        sm_b.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
         drop(sm_b);
-        drop(_log_b);
+        drop(log_b);
         drop(_dir_b);
-        let (_dir_b, _log_b, mut sm_b) = open(tmp_b.path());
-        sm_b.apply(rest).await.unwrap();
+        let (_dir_b, mut log_b, mut sm_b) = restart(tmp_b.path()).await;
+        append_and_apply(&mut log_b, &mut sm_b, rest).await;
     }
-    let (_dir_b, _log_b, mut sm_b) = open(tmp_b.path());
+    let (_dir_b, mut log_b, mut sm_b) = restart(tmp_b.path()).await;
     assert_eq!(registry_of(&sm_a), registry_of(&sm_b));
 
     let more = vec![normal(
@@ -582,18 +651,96 @@ async fn a_reopened_store_goes_on_like_one_that_never_stopped() {
         ],
     )];
     let ra = sm_a.apply(more.clone()).await.unwrap();
-    let rb = sm_b.apply(more).await.unwrap();
+    let rb = append_and_apply(&mut log_b, &mut sm_b, more).await;
     assert_eq!(ra, rb);
     assert_eq!(registry_of(&sm_a), registry_of(&sm_b));
-    // Reopen once more: the removed session and member stay removed.
+    // Restart once more: the removed session and member stay removed.
     drop(sm_b);
-    drop(_log_b);
+    drop(log_b);
     drop(_dir_b);
-    let (_dir_b, _log_b, sm_b) = open(tmp_b.path());
+    let (_dir_b, _log_b, sm_b) = restart(tmp_b.path()).await;
     assert_eq!(registry_of(&sm_a), registry_of(&sm_b));
     let (state, _) = registry_of(&sm_b);
     assert!(!state.sessions.contains_key("s2"));
     assert!(!state.members.contains_key("n1"));
+}
+
+#[tokio::test]
+async fn a_format_3_state_stored_in_sled_becomes_a_snapshot() {
+    // Format 3 stored the applied state member by member in the `sm` tree,
+    // newer than the snapshot (here there is none).
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = {
+        let (dir, _log, sm) = open(tmp.path());
+        let mut state = RegistryState::default();
+        for entry in script() {
+            if let EntryPayload::Normal(request) = &entry.payload {
+                state.apply(entry.log_id.index, request);
+            }
+        }
+        let tree = dir.db.open_tree("sm").unwrap();
+        for (id, member) in &state.members {
+            let key = [b"m".as_slice(), id.as_bytes()].concat();
+            tree.insert(key, crate::codec::encode(member).unwrap())
+                .unwrap();
+        }
+        for (id, session) in &state.sessions {
+            let key = [b"s".as_slice(), id.as_bytes()].concat();
+            tree.insert(key, crate::codec::encode(session).unwrap())
+                .unwrap();
+        }
+        let membership = StoredMembership::new(Some(lid(1, 1)), voters(&[1]));
+        tree.insert(
+            b"xlast_applied",
+            crate::codec::encode(&Some(lid(1, 6))).unwrap(),
+        )
+        .unwrap();
+        tree.insert(b"xmembership", crate::codec::encode(&membership).unwrap())
+            .unwrap();
+        dir.db
+            .open_tree("meta")
+            .unwrap()
+            .insert("format_version", &3u32.to_be_bytes())
+            .unwrap();
+        dir.db.flush().unwrap();
+        drop(sm);
+        (state, membership)
+    };
+    let (dir, _log, mut sm) = open(tmp.path());
+    let (state, membership) = expected;
+    let (loaded, index) = registry_of(&sm);
+    assert_eq!(index, 6);
+    assert_eq!(loaded.members, state.members);
+    assert_eq!(loaded.sessions, state.sessions);
+    assert_eq!(
+        sm.applied_state().await.unwrap(),
+        (Some(lid(1, 6)), membership)
+    );
+    assert_eq!(sm.snapshot_index(), Some(6), "the state is now a snapshot");
+    assert_eq!(snapshot_files(tmp.path()).len(), 1);
+    let keys: Vec<_> = dir
+        .db
+        .open_tree("sm")
+        .unwrap()
+        .iter()
+        .keys()
+        .map(|k| k.unwrap().to_vec())
+        .collect();
+    assert_eq!(
+        keys,
+        vec![b"xsnapshot".to_vec()],
+        "only the pointer is left"
+    );
+    let format = dir
+        .db
+        .open_tree("meta")
+        .unwrap()
+        .get("format_version")
+        .unwrap();
+    assert_eq!(
+        format.as_deref(),
+        Some(&crate::data_dir::FORMAT_VERSION.to_be_bytes()[..])
+    );
 }
 
 #[tokio::test]
@@ -703,6 +850,11 @@ async fn log_and_state_machine_share_one_data_dir_without_clashing() {
         log.blocking_append(script()).await.unwrap();
         assert_eq!(sm.applied_state().await.unwrap().0, None);
         sm.apply(script()[..3].to_vec()).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
         assert_eq!(log.last_index(), Some(6));
     }
     let (dir, mut log, mut sm) = open(tmp.path());
@@ -845,6 +997,11 @@ async fn session_member_index_is_rebuilt_on_reopen_and_install() {
     {
         let (_dir, _log, mut sm) = open(tmp.path());
         sm.apply(script()).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
     }
     let (_dir, _log, mut sm) = open(tmp.path());
     let (state, index) = registry_of(&sm);
