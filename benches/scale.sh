@@ -5,7 +5,10 @@
 # trimmed, and a restart after kill -9 (to "listening", and to a
 # linearizable list of all answered), then resident memory again.
 #
-# Usage: benches/scale.sh   (env: MEMBERS=100000 CLIENTS=64 PORT=27401)
+# Usage: benches/scale.sh   (env: MEMBERS=100000 CLIENTS=64 PORT=27401,
+# NODE_ARGS: more flags for fuddle-node, such as
+# "--snapshot-every-commands 1000000" for a restart that re-applies every
+# registration from the log)
 # Needs only the Rust toolchain and python3; binds 127.0.0.1 only; removes
 # what it started and its temp dir when it ends.
 set -euo pipefail
@@ -14,6 +17,7 @@ cd "$(dirname "$0")/.."
 MEMBERS=${MEMBERS:-100000}
 CLIENTS=${CLIENTS:-64}
 PORT=${PORT:-27401}
+HTTP_PORT=$((PORT + 1))
 # The node trims its allocator every 20 s (node/src/memory.rs).
 TRIM_WAIT=21
 
@@ -40,8 +44,9 @@ rss_mb() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 # Starts the node on the data dir; sets NODE_PID; returns once it listens.
 start_node() {
   local out=$WORK/node.$1.out
-  "$NODE" --data-dir "$WORK/data" --bind "127.0.0.1:$PORT" --http-bind 127.0.0.1:0 \
-    >"$out" 2>"$WORK/node.$1.log" &
+  # shellcheck disable=SC2086 # NODE_ARGS is a list of flags.
+  "$NODE" --data-dir "$WORK/data" --bind "127.0.0.1:$PORT" --http-bind "127.0.0.1:$HTTP_PORT" \
+    ${NODE_ARGS:-} >"$out" 2>"$WORK/node.$1.log" &
   NODE_PID=$!
   for _ in $(seq 600); do
     grep -q 'listening on' "$out" && return 0
@@ -72,6 +77,9 @@ T0=$(now)
 start_node second
 T_LISTEN=$(now)
 "$BENCH" --endpoints "127.0.0.1:$PORT" -o json scale --members 0 >"$WORK/restart.json"
+# What the restart loaded from the snapshot and what it re-applied.
+python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+  "http://127.0.0.1:$HTTP_PORT/metrics" | grep -E '^fuddle_raft_(snapshot|applied)_index' >"$WORK/metrics" || true
 sleep "$TRIM_WAIT"
 RESTART_RSS=$(rss_mb "$NODE_PID")
 kill "$BENCH_PID" 2>/dev/null || true
@@ -80,6 +88,8 @@ BENCH_PID=
 
 echo "--- the run that registered"
 cat "$WORK/bench.err" | grep -v '^holding' || true
+echo "--- the restarted node (the log after its snapshot was re-applied)"
+cat "$WORK/metrics"
 python3 - "$WORK/restart.json" "$T0" "$T_LISTEN" "$LOADED_RSS" "$RESTART_RSS" "$DISK" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
