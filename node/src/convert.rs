@@ -1,5 +1,7 @@
 //! Conversions between protocol messages and storage types, in one place.
 
+use std::sync::Arc;
+
 use fuddle_proto::registry as pb;
 use fuddle_storage::{Change, Filter, Member, MemberSpec, MemberStatus, RegistryState};
 
@@ -64,7 +66,7 @@ pub fn filter_from_pb(f: Option<pb::Filter>) -> Result<Filter, NodeError> {
 /// matches), its removal (if it matched before but not now), or nothing.
 pub fn change_to_pb(change: &Change, filter: &Filter) -> Option<pb::Change> {
     use pb::change::Kind;
-    let matches = |m: &Option<Member>| m.as_ref().is_some_and(|m| filter.matches(m));
+    let matches = |m: &Option<Arc<Member>>| m.as_ref().is_some_and(|m| filter.matches(m));
     if matches(&change.after) {
         let after = change.after.as_ref().expect("matched");
         Some(pb::Change {
@@ -85,6 +87,6 @@ pub fn matching_members(state: &RegistryState, filter: &Filter) -> Vec<pb::Membe
         .members
         .values()
         .filter(|m| filter.matches(m))
-        .map(member_to_pb)
+        .map(|m| member_to_pb(m))
         .collect()
 }

@@ -1,6 +1,7 @@
 //! The commands of the Raft log and what applying them answers.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -112,7 +113,7 @@ pub enum Outcome {
         reconnect_timeout_ms: u64,
     },
     /// A member as it is after the command.
-    Member(Member),
+    Member(Arc<Member>),
     /// The command removed something or changed nothing a client can see.
     Done,
 }

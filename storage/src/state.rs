@@ -5,6 +5,7 @@
 //! no I/O, so every node reaches the same state and it is unit-tested alone.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +22,7 @@ pub const MAX_KEPT_ANSWERS: usize = 1024;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryState {
     /// Members by id.
-    pub members: BTreeMap<String, Member>,
+    pub members: BTreeMap<String, Arc<Member>>,
     /// Sessions by client id.
     pub sessions: BTreeMap<String, Session>,
 }
@@ -51,7 +52,7 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn member(&mut self, id: &str, before: Option<Member>, after: Option<Member>) {
+    fn member(&mut self, id: &str, before: Option<Arc<Member>>, after: Option<Arc<Member>>) {
         match self.position.get(id) {
             Some(&i) => self.changes[i].after = after,
             None => {
@@ -286,8 +287,7 @@ impl RegistryState {
         } else {
             MemberStatus::Down
         };
-        let before = self.members.get(&spec.id).cloned();
-        let create_index = match &before {
+        let create_index = match self.members.get(&spec.id) {
             Some(existing) if existing.client_id != origin.client_id => {
                 if self.sessions.contains_key(&existing.client_id) {
                     return Err(ApplyError::OwnedByOther {
@@ -302,14 +302,14 @@ impl RegistryState {
             Some(existing) => existing.create_index,
             None => index,
         };
-        let member = Member {
+        let member = Arc::new(Member {
             spec: spec.clone(),
             status,
             client_id: origin.client_id.clone(),
             create_index,
             mod_index: index,
-        };
-        self.members.insert(spec.id.clone(), member.clone());
+        });
+        let before = self.members.insert(spec.id.clone(), member.clone());
         // The member index is not stored, so the session record is
         // unchanged by this.
         if let Some(session) = self.sessions.get_mut(&origin.client_id) {
@@ -348,7 +348,7 @@ impl RegistryState {
         };
         self.check_owner(origin, before)?;
         let before = before.clone();
-        let mut after = before.clone();
+        let mut after = Member::clone(&before);
         for (key, value) in set {
             after.spec.metadata.insert(key.clone(), value.clone());
         }
@@ -356,6 +356,7 @@ impl RegistryState {
             after.spec.metadata.remove(key);
         }
         after.mod_index = index;
+        let after = Arc::new(after);
         self.members.insert(id.to_string(), after.clone());
         rec.member(id, Some(before), Some(after.clone()));
         Ok(Outcome::Member(after))
@@ -409,8 +410,10 @@ impl RegistryState {
         for id in &session.members {
             if let Some(member) = self.members.get_mut(id) {
                 let before = member.clone();
-                member.status = member_status;
-                member.mod_index = index;
+                // Copies the member: `before` shares the old one.
+                let changed = Arc::make_mut(member);
+                changed.status = member_status;
+                changed.mod_index = index;
                 rec.member(id, Some(before), Some(member.clone()));
             }
         }

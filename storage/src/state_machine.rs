@@ -218,7 +218,9 @@ impl StateMachineStore {
         for item in self.sm.scan_prefix([MEMBER_PREFIX]) {
             let (key, value) = item.map_err(read)?;
             let member: Member = decode(&value).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-            state.members.insert(member.spec.id.clone(), member);
+            state
+                .members
+                .insert(member.spec.id.clone(), Arc::new(member));
             batch.remove(key);
         }
         for item in self.sm.scan_prefix([SESSION_PREFIX]) {

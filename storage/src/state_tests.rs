@@ -1,6 +1,7 @@
 //! Unit tests of the pure apply function, [`RegistryState::apply`]: no I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::command::{ApplyError, Command, CommandResult, Origin, Outcome, Request};
 use crate::member::{Member, MemberSpec, MemberStatus};
@@ -132,7 +133,7 @@ fn ok(state: &mut RegistryState, index: u64, command: Command) -> (Outcome, Appl
 
 fn member_of(outcome: Outcome) -> Member {
     match outcome {
-        Outcome::Member(m) => m,
+        Outcome::Member(m) => Arc::unwrap_or_clone(m),
         other => panic!("expected a member, got {other:?}"),
     }
 }
@@ -279,12 +280,12 @@ fn register_creates_a_member_owned_by_the_session() {
         mod_index: 2,
     };
     assert_eq!(member_of(outcome), expected);
-    assert_eq!(state.members["m1"], expected);
+    assert_eq!(*state.members["m1"], expected);
     assert_eq!(state.sessions["s1"].members, set_of(&["m1"]));
     assert_eq!(out.changes.len(), 1);
     assert_eq!(out.changes[0].id, "m1");
     assert_eq!(out.changes[0].before, None);
-    assert_eq!(out.changes[0].after, Some(expected));
+    assert_eq!(out.changes[0].after, Some(Arc::new(expected)));
     // The member index is not stored: owning a member leaves the session record as it was.
     assert!(
         out.touched_sessions.is_empty(),
@@ -313,11 +314,11 @@ fn register_again_by_the_same_session_replaces_and_keeps_create_index() {
     assert_eq!(m.create_index, 2);
     assert_eq!(m.mod_index, 6);
     assert_eq!(m.client_id, "s1");
-    assert_eq!(state.members["m1"], m);
+    assert_eq!(*state.members["m1"], m);
     assert_eq!(state.sessions["s1"].members, set_of(&["m1", "m2"]));
     assert_eq!(out.changes.len(), 1);
     assert_eq!(out.changes[0].before, Some(old));
-    assert_eq!(out.changes[0].after, Some(m));
+    assert_eq!(out.changes[0].after, Some(Arc::new(m)));
     // Without a seq nothing in the session's stored form changed.
     assert!(
         out.touched_sessions.is_empty(),
@@ -447,14 +448,14 @@ fn update_metadata_sets_and_removes_keys() {
     assert_eq!(m.create_index, 2);
     assert_eq!(m.mod_index, 6);
     // Nothing but the metadata and mod_index changes.
-    let mut expected = before.clone();
+    let mut expected = Member::clone(&before);
     expected.spec.metadata = m.spec.metadata.clone();
     expected.mod_index = 6;
     assert_eq!(m, expected);
-    assert_eq!(state.members["m1"], m);
+    assert_eq!(*state.members["m1"], m);
     assert_eq!(out.changes.len(), 1);
     assert_eq!(out.changes[0].before, Some(before));
-    assert_eq!(out.changes[0].after, Some(m));
+    assert_eq!(out.changes[0].after, Some(Arc::new(m)));
 }
 
 #[test]
@@ -1156,7 +1157,7 @@ fn replaying_changes_reproduces_the_members() {
     // The changes of every entry, applied to a plain map, give the members:
     // what a subscriber relies on.
     let mut state = RegistryState::default();
-    let mut view: BTreeMap<String, Member> = BTreeMap::new();
+    let mut view: BTreeMap<String, Arc<Member>> = BTreeMap::new();
     for (index, request) in script() {
         let out = state.apply(index, &request);
         for change in out.changes {
