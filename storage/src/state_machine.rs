@@ -213,8 +213,23 @@ impl StateMachineStore {
             Some(v) => decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
             None => StoredMembership::default(),
         };
-        let mut state = RegistryState::default();
         let mut batch = sled::Batch::default();
+        // Never true as format 3 wrote them (a snapshot was built from, or
+        // installed with, the stored state), but a snapshot that already
+        // holds as much must not be replaced by an older state: then the
+        // stored state is only removed.
+        let snapshotted = self.pointer()?.and_then(|p| p.meta.last_log_id);
+        if snapshotted >= last_applied {
+            for prefix in [MEMBER_PREFIX, SESSION_PREFIX] {
+                for key in self.sm.scan_prefix([prefix]).keys() {
+                    batch.remove(key.map_err(read)?);
+                }
+            }
+            batch.remove(LAST_APPLIED_KEY);
+            batch.remove(MEMBERSHIP_KEY);
+            return self.write_durably_at_open(batch);
+        }
+        let mut state = RegistryState::default();
         for item in self.sm.scan_prefix([MEMBER_PREFIX]) {
             let (key, value) = item.map_err(read)?;
             let member: Member = decode(&value).map_err(|e| sm_err(ErrorVerb::Read, e))?;
@@ -249,6 +264,12 @@ impl StateMachineStore {
         let pointer = encode(&SnapshotPointer { meta, file })
             .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         batch.insert(SNAPSHOT_POINTER_KEY, pointer);
+        self.write_durably_at_open(batch)
+    }
+
+    /// Writes a batch to the `sm` tree and flushes it, while the store is
+    /// being opened.
+    fn write_durably_at_open(&self, batch: sled::Batch) -> Result<(), StorageError> {
         // Opening runs before anything else uses the store (see `gate`).
         let _gate = gate::enter_blocking();
         self.sm

@@ -1142,3 +1142,40 @@ async fn busy_stores() -> Vec<u64> {
     }
     indexes
 }
+
+#[tokio::test]
+async fn a_format_3_state_older_than_the_snapshot_is_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = {
+        let (dir, _log, mut sm) = open(tmp.path());
+        sm.apply(script()).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        // A stored state at index 3, behind the snapshot at 6.
+        let tree = dir.db.open_tree("sm").unwrap();
+        tree.insert(b"mstale", b"not even a member".to_vec())
+            .unwrap();
+        tree.insert(
+            b"xlast_applied",
+            crate::codec::encode(&Some(lid(1, 3))).unwrap(),
+        )
+        .unwrap();
+        dir.db.flush().unwrap();
+        registry_of(&sm)
+    };
+    let (dir, _log, sm) = open(tmp.path());
+    assert_eq!(registry_of(&sm), expected);
+    assert_eq!(sm.snapshot_index(), Some(6));
+    let keys: Vec<_> = dir
+        .db
+        .open_tree("sm")
+        .unwrap()
+        .iter()
+        .keys()
+        .map(|k| k.unwrap().to_vec())
+        .collect();
+    assert_eq!(keys, vec![b"xsnapshot".to_vec()]);
+}
