@@ -1,5 +1,6 @@
-//! Fuddle's storage: the registry state and its pure apply function, and
-//! openraft's log store and state machine on sled.
+//! Fuddle's storage: the registry state and its pure apply function,
+//! openraft's log store on sled, and its state machine (the registry in
+//! memory, durable as snapshot files plus the log).
 //!
 //! This crate knows nothing about tonic, sockets or clocks: the node stamps
 //! time into log entries and drives everything from outside.
