@@ -249,6 +249,12 @@ async fn hand_over_leadership(core: &Core) {
 
 fn raft_config(config: &Config) -> Result<openraft::Config, StartError> {
     let t = &config.raft;
+    if t.snapshot_every_commands == 0 {
+        // The trigger would build a snapshot every second, forever.
+        return Err(StartError::Config(
+            "snapshot_every_commands must be at least 1".into(),
+        ));
+    }
     openraft::Config {
         cluster_name: "fuddle".into(),
         heartbeat_interval: t.heartbeat_interval.as_millis() as u64,
@@ -483,5 +489,19 @@ impl Node {
         self.core.gossip.shutdown().await;
         // Whatever still runs there (replication streams winding down) stops.
         drop(self.raft_runtime);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_command_limit_of_zero_is_refused() {
+        let mut config = Config::new("unused");
+        assert!(raft_config(&config).is_ok());
+        config.raft.snapshot_every_commands = 0;
+        let err = raft_config(&config).unwrap_err().to_string();
+        assert!(err.contains("snapshot_every_commands"), "{err}");
     }
 }

@@ -9,6 +9,7 @@ pub mod change;
 pub mod codec;
 pub mod command;
 pub mod data_dir;
+pub mod durable_snapshot;
 pub mod feed;
 pub mod filter;
 mod flush;

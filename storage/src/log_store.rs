@@ -14,6 +14,7 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError,
 
 use crate::codec::{decode, encode, index_key, key_index};
 use crate::data_dir::DataDir;
+use crate::durable_snapshot::DurableSnapshot;
 use crate::gate;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
@@ -32,6 +33,11 @@ pub struct LogStore {
     log: sled::Tree,
     /// Vote, committed and purged markers.
     meta: sled::Tree,
+    /// When set, purges go no further than a durable snapshot covers (see
+    /// `durable_snapshot`). `open_stores` sets it; a log store opened
+    /// alone purges what it is told (openraft's conformance suite expects
+    /// that of a bare log store).
+    covered: Option<DurableSnapshot>,
 }
 
 fn io_err(
@@ -57,7 +63,14 @@ impl LogStore {
             db: dir.db.clone(),
             log: dir.db.open_tree(LOG_TREE)?,
             meta: dir.db.open_tree(RAFT_META_TREE)?,
+            covered: None,
         })
+    }
+
+    /// Purges only entries that `covered` says a durable snapshot holds.
+    pub fn purging_only_behind(mut self, covered: DurableSnapshot) -> LogStore {
+        self.covered = Some(covered);
+        self
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -222,6 +235,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let log_id = match &self.covered {
+            None => log_id,
+            Some(covered) => match covered.limit_purge(log_id) {
+                Some(limited) => limited,
+                None => return Ok(()),
+            },
+        };
+        let purged: Option<LogId> = self.get_meta(PURGED_KEY, ErrorSubject::Store)?;
+        if purged.is_some_and(|p| p.index >= log_id.index) {
+            return Ok(());
+        }
         // The marker goes first: entries at or below it are ignored even if
         // a crash leaves some of them behind.
         self.put_meta(PURGED_KEY, &log_id, ErrorSubject::Store)?;

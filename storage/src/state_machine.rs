@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{decode, encode};
 use crate::command::Response;
 use crate::data_dir::DataDir;
+use crate::durable_snapshot::DurableSnapshot;
 use crate::feed::{AppliedEntry, FeedConfig};
 use crate::gate;
 use crate::member::Member;
@@ -159,6 +160,11 @@ pub struct StateMachineStore {
     snapshot_seq: sled::Tree,
     /// Where snapshot files are.
     snapshot_folder: std::path::PathBuf,
+    /// Held while a snapshot is made current and while the current one is
+    /// read (see `commit_snapshot`).
+    snapshot_io: Arc<tokio::sync::Mutex<()>>,
+    /// What the current durable snapshot covers, for the log store's purges.
+    durable: DurableSnapshot,
 }
 
 impl StateMachineStore {
@@ -175,6 +181,8 @@ impl StateMachineStore {
             sm,
             snapshot_seq,
             snapshot_folder: snapshot_files::folder(&dir.path),
+            snapshot_io: Arc::new(tokio::sync::Mutex::new(())),
+            durable: DurableSnapshot::default(),
         };
         store.move_old_snapshot()?;
         store.move_stored_state()?;
@@ -192,6 +200,9 @@ impl StateMachineStore {
                 commands_since_snapshot: 0,
             };
         }
+        store
+            .durable
+            .advance(pointer.as_ref().and_then(|p| p.meta.last_log_id));
         let current = pointer.map(|p| p.file);
         snapshot_files::remove_all_but(&store.snapshot_folder, current.as_deref());
         Ok(store)
@@ -350,15 +361,31 @@ impl StateMachineStore {
             .map_or(0, u64::from_be_bytes))
     }
 
-    /// Writes snapshot data to a file, durably; returns the file's pointer
-    /// and the data.
-    async fn write_snapshot_file(
+    /// Makes snapshot data at `last_applied` the current snapshot: writes
+    /// it to a new file, durably, then points at that file and flushes, then
+    /// removes older files. Returns its metadata and whether it became
+    /// current: it does not when the current snapshot is newer.
+    ///
+    /// openraft builds snapshots in a task of their own, beside installs, so
+    /// a build that captured an older state can finish after an install of
+    /// a newer snapshot (and after openraft purged the log up to it). Were
+    /// that older snapshot to become current, a restart would find the
+    /// entries after it purged and could not rebuild the state. So every
+    /// commit runs under `snapshot_io`, and an older one is dropped.
+    pub(crate) async fn commit_snapshot(
         &self,
-        meta: &SnapshotMeta,
-        seq: u64,
+        last_applied: Option<LogId>,
+        membership: StoredMembership,
         data: Vec<u8>,
-    ) -> Result<(Vec<u8>, Vec<u8>, String), StorageError> {
+    ) -> Result<(SnapshotMeta, Vec<u8>, bool), StorageError> {
         let write = |e: std::io::Error| snapshot_err(ErrorVerb::Write, e);
+        let _io = self.snapshot_io.lock().await;
+        let seq = self.next_snapshot_seq()?;
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id: snapshot_id(last_applied, seq),
+        };
         let folder = self.snapshot_folder.clone();
         let (file, data) = tokio::task::spawn_blocking(move || {
             snapshot_files::write(&folder, seq, &data).map(|file| (file, data))
@@ -366,12 +393,28 @@ impl StateMachineStore {
         .await
         .map_err(|e| write(std::io::Error::other(e)))?
         .map_err(write)?;
+        let current = self.pointer()?;
+        if let Some(current) = current.filter(|c| c.meta.last_log_id > last_applied) {
+            snapshot_files::remove_all_but(&self.snapshot_folder, Some(&current.file));
+            return Ok((meta, data, false));
+        }
         let pointer = SnapshotPointer {
             meta: meta.clone(),
             file: file.clone(),
         };
         let pointer = encode(&pointer).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        Ok((pointer, data, file))
+        self.sm
+            .insert(SNAPSHOT_POINTER_KEY, pointer)
+            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        {
+            let _gate = gate::enter().await;
+            crate::flush::flush(&self.db)
+                .await
+                .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        }
+        self.durable.advance(last_applied);
+        snapshot_files::remove_all_but(&self.snapshot_folder, Some(&file));
+        Ok((meta, data, true))
     }
 
     /// The registry this store applies to.
@@ -415,23 +458,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             guard.commands_since_snapshot = 0;
             (data, guard.clone())
         };
-        let seq = self.next_snapshot_seq()?;
-        let meta = SnapshotMeta {
-            last_log_id: raft.last_applied,
-            last_membership: raft.membership.clone(),
-            snapshot_id: snapshot_id(raft.last_applied, seq),
-        };
-        let (pointer, data, file) = self.write_snapshot_file(&meta, seq, data).await?;
-        self.sm
-            .insert(SNAPSHOT_POINTER_KEY, pointer)
-            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        {
-            let _gate = gate::enter().await;
-            crate::flush::flush(&self.db)
-                .await
-                .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        }
-        snapshot_files::remove_all_but(&self.snapshot_folder, Some(&file));
+        // Dropped, not current, when a newer snapshot was installed
+        // meanwhile: openraft then ignores it too.
+        let (meta, data, _) = self
+            .commit_snapshot(raft.last_applied, raft.membership, data)
+            .await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -496,20 +527,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let content = SnapshotContent::decode(&data, meta)?;
 
-        // The data goes to its file first; then the pointer to that file
-        // becomes durable, and that is the state a restart starts from.
-        let seq = self.next_snapshot_seq()?;
-        let (pointer, _, file) = self.write_snapshot_file(meta, seq, data).await?;
-        self.sm
-            .insert(SNAPSHOT_POINTER_KEY, pointer)
-            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        {
-            let _gate = gate::enter().await;
-            crate::flush::flush(&self.db)
-                .await
-                .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        }
-        snapshot_files::remove_all_but(&self.snapshot_folder, Some(&file));
+        // The snapshot is durable, and the state a restart starts from,
+        // before the state in memory is replaced. (openraft installs only a
+        // snapshot newer than its own, so this one becomes current.)
+        self.commit_snapshot(meta.last_log_id, meta.last_membership.clone(), data)
+            .await?;
 
         let index = meta.last_log_id.map_or(0, |l| l.index);
         let raft = self.raft.clone();
@@ -526,6 +548,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        // A commit in progress would remove the file this reads.
+        let _io = self.snapshot_io.lock().await;
         let Some(pointer) = self.pointer()? else {
             return Ok(None);
         };
@@ -542,12 +566,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 }
 
-/// Opens the log store and the state machine store of a data dir.
+/// Opens the log store and the state machine store of a data dir; the log
+/// store purges no entry that the state machine's durable snapshot lacks.
 pub fn open_stores(
     dir: &DataDir,
     feed: FeedConfig,
 ) -> Result<(crate::log_store::LogStore, StateMachineStore), StorageError> {
-    let log = crate::log_store::LogStore::open(dir).map_err(|e| sm_err(ErrorVerb::Read, e))?;
     let sm = StateMachineStore::open(dir, feed)?;
+    let log = crate::log_store::LogStore::open(dir)
+        .map_err(|e| sm_err(ErrorVerb::Read, e))?
+        .purging_only_behind(sm.durable.clone());
     Ok((log, sm))
 }

@@ -60,6 +60,14 @@ async fn restart(path: &Path) -> (DataDir, LogStore, StateMachineStore) {
     (dir, log, sm)
 }
 
+/// Opens only the log store of a data dir, not linked to a state machine:
+/// it purges what it is told (see `durable_snapshot`).
+fn open_log_alone(path: &Path) -> (DataDir, LogStore) {
+    let dir = DataDir::open(path, CACHE).expect("open data dir");
+    let log = LogStore::open(&dir).expect("open log store");
+    (dir, log)
+}
+
 fn lid(term: u64, index: u64) -> LogId {
     openraft::testing::log_id(term, 1, index)
 }
@@ -211,7 +219,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder 
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = DataDir::open(tmp.path(), CACHE).expect("open data dir");
-        let (log, sm) = open_stores(&dir, FeedConfig::default())?;
+        // The suite purges logs without snapshots and expects them gone: a
+        // log store linked to the state machine purges only behind a
+        // durable snapshot (tested below), so the suite gets them unlinked.
+        let log = LogStore::open(&dir).expect("open log store");
+        let sm = StateMachineStore::open(&dir, FeedConfig::default())?;
         Ok((tmp, log, sm))
     }
 }
@@ -749,7 +761,7 @@ async fn the_log_survives_reopening_and_purge_and_truncate_behave() {
     let entries = script();
     let vote = Vote::new_committed(3, 1);
     {
-        let (_dir, mut log, _sm) = open(tmp.path());
+        let (_dir, mut log) = open_log_alone(tmp.path());
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, None);
         assert_eq!(state.last_log_id, None);
@@ -766,7 +778,7 @@ async fn the_log_survives_reopening_and_purge_and_truncate_behave() {
     }
 
     {
-        let (_dir, mut log, _sm) = open(tmp.path());
+        let (_dir, mut log) = open_log_alone(tmp.path());
         assert_eq!(all_entries(&mut log).await, entries, "entries survive");
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, None);
@@ -807,7 +819,7 @@ async fn the_log_survives_reopening_and_purge_and_truncate_behave() {
     }
 
     {
-        let (_dir, mut log, _sm) = open(tmp.path());
+        let (_dir, mut log) = open_log_alone(tmp.path());
         assert_eq!(
             indexes(&all_entries(&mut log).await),
             [3, 4],
@@ -1178,4 +1190,74 @@ async fn a_format_3_state_older_than_the_snapshot_is_dropped() {
         .map(|k| k.unwrap().to_vec())
         .collect();
     assert_eq!(keys, vec![b"xsnapshot".to_vec()]);
+}
+
+#[tokio::test]
+async fn an_older_snapshot_finishing_after_a_newer_one_does_not_become_current() {
+    // openraft builds snapshots beside installs: a build that captured an
+    // older state can finish after a newer snapshot became current.
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dir, _log, mut sm) = open(tmp.path());
+    sm.apply(script()).await.unwrap();
+    let newer = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let membership = StoredMembership::new(Some(lid(1, 1)), voters(&[1]));
+    let (_, _, current) = sm
+        .commit_snapshot(Some(lid(1, 3)), membership, b"older".to_vec())
+        .await
+        .unwrap();
+    assert!(!current, "an older snapshot must not replace a newer one");
+    let got = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(got.meta, newer.meta);
+    assert_eq!(got.snapshot.get_ref(), newer.snapshot.get_ref());
+    assert_eq!(
+        snapshot_files(tmp.path()).len(),
+        1,
+        "the older file is gone"
+    );
+    drop((sm, _log, _dir));
+    let (_dir, _log, sm) = open(tmp.path());
+    assert_eq!(sm.snapshot_index(), Some(6));
+}
+
+#[tokio::test]
+async fn the_log_is_purged_only_behind_a_durable_snapshot() {
+    // openraft purges the log a snapshot covers while the snapshot is still
+    // being installed; a log store linked to its state machine purges no
+    // entry that a durable snapshot lacks.
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (_dir, mut log, mut sm) = open(tmp.path());
+        let mut entries = script();
+        let rest = entries.split_off(3);
+        append_and_apply(&mut log, &mut sm, entries).await;
+        log.purge(lid(1, 2)).await.unwrap();
+        assert_eq!(
+            indexes(&all_entries(&mut log).await),
+            [1, 2, 3],
+            "no snapshot: nothing purged"
+        );
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        append_and_apply(&mut log, &mut sm, rest).await;
+        // Asked up to 5, purged up to the snapshot's 3.
+        log.purge(lid(1, 5)).await.unwrap();
+        assert_eq!(indexes(&all_entries(&mut log).await), [4, 5, 6]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(lid(1, 3)));
+    }
+    // The snapshot and the log still make the whole state.
+    let (_dir, mut log, sm) = restart(tmp.path()).await;
+    assert_eq!(registry_of(&sm).1, 6);
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_purged_log_id,
+        Some(lid(1, 3))
+    );
 }
