@@ -24,6 +24,7 @@ pub mod sessions;
 pub mod snapshots;
 pub mod status;
 pub mod subscribe;
+pub mod ticker;
 
 pub use config::Config;
 pub use error::NodeError;

@@ -16,6 +16,7 @@ use openraft::{ChangeMembers, Raft};
 use tokio_util::sync::CancellationToken;
 
 use crate::gossip::Gossip;
+use crate::ticker::Ticker;
 
 /// How membership is managed.
 #[derive(Debug, Clone, Copy)]
@@ -176,14 +177,9 @@ pub async fn run(
     config: MembershipConfig,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(config.check_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = Ticker::new(config.check_interval, shutdown);
     let mut unseen = Unseen::default();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+    while ticker.tick().await {
         let metrics = raft.metrics().borrow().clone();
         if metrics.current_leader != Some(node_id) || !metrics.state.is_leader() {
             // A new leader counts absences afresh, like session clocks.

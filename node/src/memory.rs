@@ -17,20 +17,16 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::ticker::Ticker;
+
 /// How often the allocator is trimmed. A trim walks and locks each arena in
 /// turn (milliseconds on a heap of hundreds of MB), so not often.
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(20);
 
 /// Trims the allocator every [`TRIM_INTERVAL`] until shutdown.
 pub async fn run_trimmer(shutdown: CancellationToken) {
-    let mut ticks = tokio::time::interval(TRIM_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    let mut ticker = Ticker::after_one_period(TRIM_INTERVAL, shutdown);
+    while ticker.tick().await {
         // On a blocking thread: the walk must not hold up a runtime worker.
         let _ = tokio::task::spawn_blocking(trim).await;
     }

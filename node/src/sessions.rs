@@ -27,6 +27,7 @@ use crate::error::NodeError;
 use crate::forward::HeartbeatBatch;
 use crate::peers::{Peers, current_leader, peer_error};
 use crate::proposer::{Proposer, now_ms};
+use crate::ticker::Ticker;
 
 /// What the clock needs to know of a session from the replicated state.
 #[derive(Debug, Clone, Copy)]
@@ -293,13 +294,8 @@ pub async fn run_heartbeat_forwarder(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+    let mut ticker = Ticker::new(interval, shutdown);
+    while ticker.tick().await {
         let ids = heartbeats.take_pending();
         if ids.is_empty() {
             continue;
@@ -350,14 +346,9 @@ pub async fn run_ticker(
     config: SessionConfig,
     shutdown: CancellationToken,
 ) {
-    let mut interval = tokio::time::interval(config.tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = Ticker::new(config.tick, shutdown);
     let mut was_leader = false;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
+    while ticker.tick().await {
         let is_leader = {
             let metrics = raft.metrics();
             let m = metrics.borrow();

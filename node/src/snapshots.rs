@@ -13,6 +13,8 @@ use fuddle_storage::{StateMachineStore, TypeConfig};
 use openraft::Raft;
 use tokio_util::sync::CancellationToken;
 
+use crate::ticker::Ticker;
+
 /// How often the count is checked: a snapshot comes at most this late
 /// after the limit is passed.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -25,13 +27,8 @@ pub async fn run_trigger(
     limit: u64,
     shutdown: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(CHECK_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    let mut ticker = Ticker::new(CHECK_INTERVAL, shutdown);
+    while ticker.tick().await {
         let pending = sm.commands_since_snapshot();
         if pending >= limit {
             tracing::debug!(pending, "asking for a snapshot");

@@ -11,7 +11,6 @@ use fuddle_proto::registry as pb;
 use fuddle_proto::registry::registry_client::RegistryClient;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -110,6 +109,8 @@ fn member(id: &str) -> pb::Member {
     }
 }
 
+/// A session with the given heartbeat timeout: its id, the sender for
+/// heartbeats and the response stream.
 async fn open_session(
     c: &mut RegistryClient<Channel>,
     hb_ms: u64,
@@ -118,26 +119,7 @@ async fn open_session(
     mpsc::Sender<pb::SessionRequest>,
     tonic::Streaming<pb::SessionResponse>,
 ) {
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(pb::SessionRequest {
-        kind: Some(pb::session_request::Kind::Open(pb::OpenSession {
-            client_id: String::new(),
-            heartbeat_timeout_ms: hb_ms,
-            reconnect_timeout_ms: 60_000,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut responses = c
-        .session(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(pb::session_response::Kind::Opened(opened)) =
-        responses.message().await.unwrap().unwrap().kind
-    else {
-        panic!("expected opened");
-    };
+    let (tx, responses, opened) = common::open_raw_session(c, hb_ms, 60_000).await;
     (opened.client_id, tx, responses)
 }
 

@@ -10,8 +10,9 @@ use crate::member::Member;
 /// filtered subscriber tell "now matches" from "no longer matches". Both
 /// share the member with the registry state (and with the write's answer)
 /// instead of copying it: a member with its metadata was copied four to
-/// five times per registration, about a tenth of a leader's CPU under
-/// load (perf, 256 writers).
+/// five times per registration, about a tenth of a leader's samples under
+/// load (perf, 256 writers), though sharing moved no end-to-end figure
+/// (docs/benchmarks.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     /// The member's id.

@@ -242,10 +242,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 None => return Ok(()),
             },
         };
-        let purged: Option<LogId> = self.get_meta(PURGED_KEY, ErrorSubject::Store)?;
-        if purged.is_some_and(|p| p.index >= log_id.index) {
-            return Ok(());
-        }
         // The marker goes first: entries at or below it are ignored even if
         // a crash leaves some of them behind.
         self.put_meta(PURGED_KEY, &log_id, ErrorSubject::Store)?;

@@ -53,8 +53,9 @@ const SNAPSHOT_SEQ_TREE: &str = "snapshot_seq";
 /// Before format 3 the whole snapshot was this key's value; opening such a
 /// data dir moves it to a file.
 const OLD_CURRENT_SNAPSHOT_KEY: &str = "current";
-/// The current snapshot's [`SnapshotPointer`], in the `sm` tree: installing
-/// a snapshot replaces the state and the pointer in one atomic batch.
+/// The current snapshot's [`SnapshotPointer`], in the `sm` tree: written
+/// once the snapshot's file is durable, it is what makes the snapshot
+/// current.
 const SNAPSHOT_POINTER_KEY: &[u8] = b"xsnapshot";
 const SNAPSHOT_SEQ_KEY: &str = "seq";
 
@@ -127,6 +128,13 @@ struct StoredSnapshot {
 struct SnapshotPointer {
     meta: SnapshotMeta,
     file: String,
+}
+
+impl SnapshotPointer {
+    /// Its stored form.
+    fn encoded(&self) -> Result<Vec<u8>, StorageError> {
+        encode(self).map_err(|e| snapshot_err(ErrorVerb::Write, e))
+    }
 }
 
 /// Raft-only parts of the applied state, beside the registry.
@@ -225,6 +233,8 @@ impl StateMachineStore {
             None => StoredMembership::default(),
         };
         let mut batch = sled::Batch::default();
+        batch.remove(LAST_APPLIED_KEY);
+        batch.remove(MEMBERSHIP_KEY);
         // Never true as format 3 wrote them (a snapshot was built from, or
         // installed with, the stored state), but a snapshot that already
         // holds as much must not be replaced by an older state: then the
@@ -236,8 +246,6 @@ impl StateMachineStore {
                     batch.remove(key.map_err(read)?);
                 }
             }
-            batch.remove(LAST_APPLIED_KEY);
-            batch.remove(MEMBERSHIP_KEY);
             return self.write_durably_at_open(batch);
         }
         let mut state = RegistryState::default();
@@ -255,8 +263,6 @@ impl StateMachineStore {
             state.sessions.insert(session.client_id.clone(), session);
             batch.remove(key);
         }
-        batch.remove(LAST_APPLIED_KEY);
-        batch.remove(MEMBERSHIP_KEY);
         let data = encode(&SnapshotContentRef {
             last_applied: &last_applied,
             membership: &membership,
@@ -272,9 +278,10 @@ impl StateMachineStore {
         };
         let write = |e: std::io::Error| snapshot_err(ErrorVerb::Write, e);
         let file = snapshot_files::write(&self.snapshot_folder, seq, &data).map_err(write)?;
-        let pointer = encode(&SnapshotPointer { meta, file })
-            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        batch.insert(SNAPSHOT_POINTER_KEY, pointer);
+        batch.insert(
+            SNAPSHOT_POINTER_KEY,
+            SnapshotPointer { meta, file }.encoded()?,
+        );
         self.write_durably_at_open(batch)
     }
 
@@ -322,9 +329,8 @@ impl StateMachineStore {
                 meta: old.meta,
                 file,
             };
-            let pointer = encode(&pointer).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
             self.sm
-                .insert(SNAPSHOT_POINTER_KEY, pointer)
+                .insert(SNAPSHOT_POINTER_KEY, pointer.encoded()?)
                 .map_err(write)?;
         }
         // The pointer and the sequence are durable before the old tree goes.
@@ -363,8 +369,8 @@ impl StateMachineStore {
 
     /// Makes snapshot data at `last_applied` the current snapshot: writes
     /// it to a new file, durably, then points at that file and flushes, then
-    /// removes older files. Returns its metadata and whether it became
-    /// current: it does not when the current snapshot is newer.
+    /// removes older files. Returns its metadata and data. It does not
+    /// become current when the current snapshot is newer.
     ///
     /// openraft builds snapshots in a task of their own, beside installs, so
     /// a build that captured an older state can finish after an install of
@@ -377,7 +383,7 @@ impl StateMachineStore {
         last_applied: Option<LogId>,
         membership: StoredMembership,
         data: Vec<u8>,
-    ) -> Result<(SnapshotMeta, Vec<u8>, bool), StorageError> {
+    ) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
         let write = |e: std::io::Error| snapshot_err(ErrorVerb::Write, e);
         let _io = self.snapshot_io.lock().await;
         let seq = self.next_snapshot_seq()?;
@@ -396,15 +402,14 @@ impl StateMachineStore {
         let current = self.pointer()?;
         if let Some(current) = current.filter(|c| c.meta.last_log_id > last_applied) {
             snapshot_files::remove_all_but(&self.snapshot_folder, Some(&current.file));
-            return Ok((meta, data, false));
+            return Ok((meta, data));
         }
         let pointer = SnapshotPointer {
             meta: meta.clone(),
             file: file.clone(),
         };
-        let pointer = encode(&pointer).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         self.sm
-            .insert(SNAPSHOT_POINTER_KEY, pointer)
+            .insert(SNAPSHOT_POINTER_KEY, pointer.encoded()?)
             .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         {
             let _gate = gate::enter().await;
@@ -414,7 +419,7 @@ impl StateMachineStore {
         }
         self.durable.advance(last_applied);
         snapshot_files::remove_all_but(&self.snapshot_folder, Some(&file));
-        Ok((meta, data, true))
+        Ok((meta, data))
     }
 
     /// The registry this store applies to.
@@ -453,14 +458,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 state: &applied.state,
             })
             .map_err(write)?;
-            // Counted from this state on. Should the snapshot not become
-            // durable, the next policy check builds another.
+            // Counted from this state on. A build that fails is a storage
+            // error, which stops Raft, so nothing needs restoring; one
+            // dropped for a newer install is covered by that install.
             guard.commands_since_snapshot = 0;
             (data, guard.clone())
         };
         // Dropped, not current, when a newer snapshot was installed
         // meanwhile: openraft then ignores it too.
-        let (meta, data, _) = self
+        let (meta, data) = self
             .commit_snapshot(raft.last_applied, raft.membership, data)
             .await?;
         Ok(Snapshot {

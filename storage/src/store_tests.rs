@@ -438,6 +438,40 @@ async fn snapshots_get_distinct_ids_and_the_latest_is_current() {
     assert_eq!(current.meta, second.meta);
 }
 
+/// Marks a data dir as written in an older format.
+fn set_format(dir: &DataDir, format: u32) {
+    dir.db
+        .open_tree("meta")
+        .unwrap()
+        .insert("format_version", &format.to_be_bytes())
+        .unwrap();
+}
+
+/// Asserts that a data dir is marked with this build's format.
+fn assert_current_format(dir: &DataDir) {
+    let format = dir
+        .db
+        .open_tree("meta")
+        .unwrap()
+        .get("format_version")
+        .unwrap();
+    assert_eq!(
+        format.as_deref(),
+        Some(&crate::data_dir::FORMAT_VERSION.to_be_bytes()[..])
+    );
+}
+
+/// The keys left in the state machine's `sm` tree.
+fn sm_keys(dir: &DataDir) -> Vec<Vec<u8>> {
+    dir.db
+        .open_tree("sm")
+        .unwrap()
+        .iter()
+        .keys()
+        .map(|k| k.unwrap().to_vec())
+        .collect()
+}
+
 fn snapshot_files(data_dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(data_dir.join("snapshots"))
         .map(|entries| {
@@ -507,11 +541,7 @@ async fn a_format_2_snapshot_stored_in_sled_is_moved_to_a_file() {
             .unwrap()
             .remove(b"xsnapshot")
             .unwrap();
-        dir.db
-            .open_tree("meta")
-            .unwrap()
-            .insert("format_version", &2u32.to_be_bytes())
-            .unwrap();
+        set_format(&dir, 2);
         std::fs::remove_dir_all(tmp.path().join("snapshots")).unwrap();
         dir.db.flush().unwrap();
         snap
@@ -527,16 +557,7 @@ async fn a_format_2_snapshot_stored_in_sled_is_moved_to_a_file() {
         !trees.iter().any(|t| t.as_ref() == b"snapshot"),
         "the old tree is dropped: sled would load the old snapshot with it"
     );
-    let format = dir
-        .db
-        .open_tree("meta")
-        .unwrap()
-        .get("format_version")
-        .unwrap();
-    assert_eq!(
-        format.as_deref(),
-        Some(&crate::data_dir::FORMAT_VERSION.to_be_bytes()[..])
-    );
+    assert_current_format(&dir);
 }
 
 // ---------------------------------------------------------------------------
@@ -709,11 +730,7 @@ async fn a_format_3_state_stored_in_sled_becomes_a_snapshot() {
         .unwrap();
         tree.insert(b"xmembership", crate::codec::encode(&membership).unwrap())
             .unwrap();
-        dir.db
-            .open_tree("meta")
-            .unwrap()
-            .insert("format_version", &3u32.to_be_bytes())
-            .unwrap();
+        set_format(&dir, 3);
         dir.db.flush().unwrap();
         drop(sm);
         (state, membership)
@@ -730,29 +747,13 @@ async fn a_format_3_state_stored_in_sled_becomes_a_snapshot() {
     );
     assert_eq!(sm.snapshot_index(), Some(6), "the state is now a snapshot");
     assert_eq!(snapshot_files(tmp.path()).len(), 1);
-    let keys: Vec<_> = dir
-        .db
-        .open_tree("sm")
-        .unwrap()
-        .iter()
-        .keys()
-        .map(|k| k.unwrap().to_vec())
-        .collect();
+    let keys = sm_keys(&dir);
     assert_eq!(
         keys,
         vec![b"xsnapshot".to_vec()],
         "only the pointer is left"
     );
-    let format = dir
-        .db
-        .open_tree("meta")
-        .unwrap()
-        .get("format_version")
-        .unwrap();
-    assert_eq!(
-        format.as_deref(),
-        Some(&crate::data_dir::FORMAT_VERSION.to_be_bytes()[..])
-    );
+    assert_current_format(&dir);
 }
 
 #[tokio::test]
@@ -1181,14 +1182,7 @@ async fn a_format_3_state_older_than_the_snapshot_is_dropped() {
     let (dir, _log, sm) = open(tmp.path());
     assert_eq!(registry_of(&sm), expected);
     assert_eq!(sm.snapshot_index(), Some(6));
-    let keys: Vec<_> = dir
-        .db
-        .open_tree("sm")
-        .unwrap()
-        .iter()
-        .keys()
-        .map(|k| k.unwrap().to_vec())
-        .collect();
+    let keys = sm_keys(&dir);
     assert_eq!(keys, vec![b"xsnapshot".to_vec()]);
 }
 
@@ -1206,11 +1200,10 @@ async fn an_older_snapshot_finishing_after_a_newer_one_does_not_become_current()
         .await
         .unwrap();
     let membership = StoredMembership::new(Some(lid(1, 1)), voters(&[1]));
-    let (_, _, current) = sm
-        .commit_snapshot(Some(lid(1, 3)), membership, b"older".to_vec())
+    sm.commit_snapshot(Some(lid(1, 3)), membership, b"older".to_vec())
         .await
         .unwrap();
-    assert!(!current, "an older snapshot must not replace a newer one");
+    // An older snapshot must not replace a newer one.
     let got = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(got.meta, newer.meta);
     assert_eq!(got.snapshot.get_ref(), newer.snapshot.get_ref());
