@@ -203,21 +203,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             ));
         }
         let gate = gate::enter().await;
-        if writes.len() == 1 {
-            // One entry needs no batch. A sled batch is not free: it seals
-            // the current write buffer before and after its manifest, so a
-            // one-entry batch cost three buffer writes, each synced in turn
-            // (the commit marker saved since the last flush, the manifest,
-            // the entry), where a plain insert shares one buffer and one
-            // sync with that marker.
-            let (key, value) = writes.pop().expect("one write");
+        // Plain inserts, not a sled batch. A batch seals sled's write
+        // buffer before and after its manifest: a one-entry append then
+        // cost three buffer writes, each synced in turn (the commit marker
+        // saved since the last flush, the manifest, the entry), where
+        // inserts share one buffer and one sync with that marker. The
+        // batch's atomicity is not needed: sled recovers its log up to the
+        // first torn message, so a crash before the flush below leaves a
+        // prefix of these entries, in index order, which is a valid log
+        // that openraft was never told was durable.
+        for (key, value) in writes {
             self.log.insert(key, value).map_err(logs_write)?;
-        } else {
-            let mut batch = sled::Batch::default();
-            for (key, value) in writes {
-                batch.insert(&key, value);
-            }
-            self.log.apply_batch(batch).map_err(logs_write)?;
         }
         // Only data on disk may be reported durable: an acknowledged write
         // must survive a crash.
