@@ -67,6 +67,38 @@ impl LogStore {
         })
     }
 
+    /// Where openraft should take the log to start: after the purge marker,
+    /// or after the durable snapshot when the log has a hole it covers.
+    ///
+    /// The hole comes from a purge cut short (see `purge`): openraft purges
+    /// the log an installed snapshot covers while the install is still
+    /// being made durable, so the purge goes no further than the previous
+    /// durable snapshot, or nowhere. openraft believes it done and appends
+    /// the entries after the snapshot; it asks for no purge again before its
+    /// next snapshot. After a crash in between, the log holds the old
+    /// entries, none from them up to the snapshot, then the new ones, and a
+    /// start that read it from the marker would stop at the hole ("try to
+    /// get log at index N but got None": seen once in the
+    /// `follower_sigkill_restart_after_log_purge` scenario). The snapshot
+    /// holds everything up to its last entry, so such a log is purged as far
+    /// as the snapshot; the old entries go with the next purge. An installed
+    /// snapshot's own last entry never reached this log (it is why the
+    /// snapshot was sent), so its absence is the sign; a snapshot this node
+    /// built covers only entries it appended, and finds it present.
+    fn purged_past_a_hole(&self, marker: Option<LogId>) -> Result<Option<LogId>, StorageError> {
+        let Some(covered) = self.covered.as_ref().and_then(DurableSnapshot::get) else {
+            return Ok(marker);
+        };
+        if marker.is_some_and(|m| m.index >= covered.index) {
+            return Ok(marker);
+        }
+        let present = self
+            .log
+            .contains_key(index_key(covered.index))
+            .map_err(logs_read)?;
+        Ok(if present { marker } else { Some(covered) })
+    }
+
     /// Purges only entries that `covered` says a durable snapshot holds.
     pub fn purging_only_behind(mut self, covered: DurableSnapshot) -> LogStore {
         self.covered = Some(covered);
@@ -149,14 +181,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.get_meta(PURGED_KEY, ErrorSubject::Store)?;
+        let marker: Option<LogId> = self.get_meta(PURGED_KEY, ErrorSubject::Store)?;
+        let last_purged = self.purged_past_a_hole(marker)?;
         let last = match self.log.last().map_err(logs_read)? {
             Some((_, value)) => Some(decode::<Entry>(&value).map_err(logs_read)?.log_id),
             None => None,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
+            last_log_id: last.max(last_purged),
         })
     }
 

@@ -1254,3 +1254,67 @@ async fn the_log_is_purged_only_behind_a_durable_snapshot() {
         Some(lid(1, 3))
     );
 }
+
+#[tokio::test]
+async fn a_purge_cut_short_by_an_install_leaves_no_hole_at_the_next_start() {
+    // A follower whose log ends at 3 is sent a snapshot at 6. openraft asks
+    // for the purge up to 6 while the install is not yet durable (the purge
+    // goes nowhere: no durable snapshot covers it), then appends 7. At the
+    // next start the log holds 1..=3 and 7: read from the start, it has a
+    // hole at 4, so it must start after the snapshot.
+    let sender = tempfile::tempdir().unwrap();
+    let (_sender_dir, mut sender_log, mut sender_sm) = open(sender.path());
+    let entries = script();
+    append_and_apply(&mut sender_log, &mut sender_sm, entries.clone()).await;
+    let snap = sender_sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (_dir, mut log, mut sm) = open(tmp.path());
+        append_and_apply(&mut log, &mut sm, entries[..3].to_vec()).await;
+        log.purge(lid(1, 6)).await.unwrap();
+        assert_eq!(
+            indexes(&all_entries(&mut log).await),
+            [1, 2, 3],
+            "the purge was cut short"
+        );
+        let mut received = sm.begin_receiving_snapshot().await.unwrap();
+        received.write_all(snap.snapshot.get_ref()).unwrap();
+        sm.install_snapshot(&snap.meta, received).await.unwrap();
+        append_and_apply(
+            &mut log,
+            &mut sm,
+            vec![normal(1, 7, vec![register("s1", 5, "m3")])],
+        )
+        .await;
+    }
+    let (_dir, mut log, sm) = restart(tmp.path()).await;
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(lid(1, 6)));
+    assert_eq!(state.last_log_id, Some(lid(1, 7)));
+    assert_eq!(registry_of(&sm).1, 7);
+    assert!(registry_of(&sm).0.members.contains_key("m3"));
+
+    // A log this node wrote itself, purged behind its own snapshot, starts
+    // at its marker as before.
+    let own = tempfile::tempdir().unwrap();
+    {
+        let (_dir, mut log, mut sm) = open(own.path());
+        append_and_apply(&mut log, &mut sm, entries.clone()).await;
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        log.purge(lid(1, 4)).await.unwrap();
+    }
+    let (_dir, mut log, _sm) = restart(own.path()).await;
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(lid(1, 4)));
+    assert_eq!(state.last_log_id, Some(lid(1, 6)));
+}
