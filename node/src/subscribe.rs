@@ -271,26 +271,28 @@ impl Inner {
 
     fn snapshot(&mut self, members: Vec<pb::Member>, index: u64) {
         self.last = index;
-        // The members move into their chunks (no copy of each: with
-        // 100 000 members a copy per chunk was a second copy of them all).
-        let total = members.len();
-        let mut members = members.into_iter();
-        let mut sent = 0;
-        loop {
-            let chunk: Vec<pb::Member> = members.by_ref().take(SNAPSHOT_CHUNK).collect();
-            sent += chunk.len();
-            let more = sent < total;
+        let mut chunks = members.chunks(SNAPSHOT_CHUNK).peekable();
+        if chunks.peek().is_none() {
             self.out
                 .push_back(encode(pb::subscribe_response::Kind::Snapshot(
                     pb::Snapshot {
-                        members: chunk,
+                        members: Vec::new(),
+                        index,
+                        more: false,
+                    },
+                )));
+            return;
+        }
+        while let Some(chunk) = chunks.next() {
+            let more = chunks.peek().is_some();
+            self.out
+                .push_back(encode(pb::subscribe_response::Kind::Snapshot(
+                    pb::Snapshot {
+                        members: chunk.to_vec(),
                         index,
                         more,
                     },
                 )));
-            if !more {
-                return;
-            }
         }
     }
 
