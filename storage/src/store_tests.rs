@@ -33,6 +33,16 @@ fn open(path: &Path) -> (DataDir, LogStore, StateMachineStore) {
     (dir, log, sm)
 }
 
+/// Builds a snapshot of the state machine's state now, as openraft's
+/// snapshot policy would.
+async fn snapshot_now(sm: &mut StateMachineStore) -> openraft::Snapshot<TypeConfig> {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+}
+
 /// Appends entries to the log and applies them, as a node does once they
 /// are committed.
 async fn append_and_apply(
@@ -246,12 +256,7 @@ async fn snapshot_build_then_install_gives_an_identical_state() {
     let (_dir_b, _log_b, mut sm_b) = open(tmp_b.path());
 
     sm_a.apply(script()).await.unwrap();
-    let snap = sm_a
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = snapshot_now(&mut sm_a).await;
     assert_eq!(snap.meta.last_log_id, Some(lid(1, 6)));
     assert_eq!(
         snap.meta.last_membership,
@@ -350,12 +355,7 @@ async fn an_installed_snapshot_survives_reopening() {
     let tmp_b = tempfile::tempdir().unwrap();
     let (_dir_a, _log_a, mut sm_a) = open(tmp_a.path());
     sm_a.apply(script()).await.unwrap();
-    let snap = sm_a
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = snapshot_now(&mut sm_a).await;
 
     {
         let (_dir_b, _log_b, mut sm_b) = open(tmp_b.path());
@@ -410,27 +410,12 @@ async fn snapshots_get_distinct_ids_and_the_latest_is_current() {
     assert_eq!(sm.snapshot_index(), None);
 
     // A snapshot of nothing applied is valid too.
-    let empty = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let empty = snapshot_now(&mut sm).await;
     assert_eq!(empty.meta.last_log_id, None);
 
     sm.apply(script()).await.unwrap();
-    let first = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let second = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let first = snapshot_now(&mut sm).await;
+    let second = snapshot_now(&mut sm).await;
     assert_ne!(empty.meta.snapshot_id, first.meta.snapshot_id);
     assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
     assert_eq!(first.meta.last_log_id, second.meta.last_log_id);
@@ -521,12 +506,7 @@ async fn a_format_2_snapshot_stored_in_sled_is_moved_to_a_file() {
     let snap = {
         let (dir, _log, mut sm) = open(tmp.path());
         sm.apply(script()).await.unwrap();
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snap = snapshot_now(&mut sm).await;
         // Rewrite the data dir as format 2 left it.
         let old = OldStoredSnapshot {
             meta: snap.meta.clone(),
@@ -622,11 +602,7 @@ async fn a_store_opens_at_its_snapshot_and_counts_commands_after_it() {
         let rest = entries.split_off(3);
         append_and_apply(&mut log, &mut sm, entries).await;
         assert_eq!(sm.commands_since_snapshot(), 5);
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        snapshot_now(&mut sm).await;
         assert_eq!(sm.commands_since_snapshot(), 0, "counted from the snapshot");
         let at_snapshot = registry_of(&sm);
         append_and_apply(&mut log, &mut sm, rest).await;
@@ -656,11 +632,7 @@ async fn a_reopened_store_goes_on_like_one_that_never_stopped() {
         let mut entries = script();
         let rest = entries.split_off(3);
         append_and_apply(&mut log_b, &mut sm_b, entries).await;
-        sm_b.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        snapshot_now(&mut sm_b).await;
         drop(sm_b);
         drop(log_b);
         drop(_dir_b);
@@ -863,11 +835,7 @@ async fn log_and_state_machine_share_one_data_dir_without_clashing() {
         log.blocking_append(script()).await.unwrap();
         assert_eq!(sm.applied_state().await.unwrap().0, None);
         sm.apply(script()[..3].to_vec()).await.unwrap();
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        snapshot_now(&mut sm).await;
         assert_eq!(log.last_index(), Some(6));
     }
     let (dir, mut log, mut sm) = open(tmp.path());
@@ -973,12 +941,7 @@ async fn install_snapshot_resets_the_feed() {
 
     let registry = sm_b.registry();
     let (_, mut rx) = registry.read_and_subscribe(|_| ());
-    let snap = sm_a
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = snapshot_now(&mut sm_a).await;
     let mut received = sm_b.begin_receiving_snapshot().await.unwrap();
     received.write_all(snap.snapshot.get_ref()).unwrap();
     sm_b.install_snapshot(&snap.meta, received).await.unwrap();
@@ -1010,11 +973,7 @@ async fn session_member_index_is_rebuilt_on_reopen_and_install() {
     {
         let (_dir, _log, mut sm) = open(tmp.path());
         sm.apply(script()).await.unwrap();
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        snapshot_now(&mut sm).await;
     }
     let (_dir, _log, mut sm) = open(tmp.path());
     let (state, index) = registry_of(&sm);
@@ -1028,12 +987,7 @@ async fn session_member_index_is_rebuilt_on_reopen_and_install() {
             .collect::<BTreeSet<_>>()
     );
     // Install the snapshot into a fresh store: the index is rebuilt there too.
-    let snapshot = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = snapshot_now(&mut sm).await;
     let other = TempDir::new().unwrap();
     let (_dir2, _log2, mut sm2) = open(other.path());
     sm2.install_snapshot(&snapshot.meta, snapshot.snapshot)
@@ -1162,11 +1116,7 @@ async fn a_format_3_state_older_than_the_snapshot_is_dropped() {
     let expected = {
         let (dir, _log, mut sm) = open(tmp.path());
         sm.apply(script()).await.unwrap();
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        snapshot_now(&mut sm).await;
         // A stored state at index 3, behind the snapshot at 6.
         let tree = dir.db.open_tree("sm").unwrap();
         tree.insert(b"mstale", b"not even a member".to_vec())
@@ -1193,12 +1143,7 @@ async fn an_older_snapshot_finishing_after_a_newer_one_does_not_become_current()
     let tmp = tempfile::tempdir().unwrap();
     let (_dir, _log, mut sm) = open(tmp.path());
     sm.apply(script()).await.unwrap();
-    let newer = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let newer = snapshot_now(&mut sm).await;
     let membership = StoredMembership::new(Some(lid(1, 1)), voters(&[1]));
     sm.commit_snapshot(Some(lid(1, 3)), membership, b"older".to_vec())
         .await
@@ -1234,11 +1179,7 @@ async fn the_log_is_purged_only_behind_a_durable_snapshot() {
             [1, 2, 3],
             "no snapshot: nothing purged"
         );
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        snapshot_now(&mut sm).await;
         append_and_apply(&mut log, &mut sm, rest).await;
         // Asked up to 5, purged up to the snapshot's 3.
         log.purge(lid(1, 5)).await.unwrap();
@@ -1266,12 +1207,7 @@ async fn a_purge_cut_short_by_an_install_leaves_no_hole_at_the_next_start() {
     let (_sender_dir, mut sender_log, mut sender_sm) = open(sender.path());
     let entries = script();
     append_and_apply(&mut sender_log, &mut sender_sm, entries.clone()).await;
-    let snap = sender_sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = snapshot_now(&mut sender_sm).await;
 
     let tmp = tempfile::tempdir().unwrap();
     {
@@ -1306,11 +1242,7 @@ async fn a_purge_cut_short_by_an_install_leaves_no_hole_at_the_next_start() {
     {
         let (_dir, mut log, mut sm) = open(own.path());
         append_and_apply(&mut log, &mut sm, entries.clone()).await;
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        snapshot_now(&mut sm).await;
         log.purge(lid(1, 4)).await.unwrap();
     }
     let (_dir, mut log, _sm) = restart(own.path()).await;
