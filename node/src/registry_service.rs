@@ -383,11 +383,13 @@ impl RegistryRpc for RegistryService {
         let request = request.into_inner();
         let filter = filter_from_pb(request.filter)?;
         self.core.read_barrier(request.consistency).await?;
-        let applied = self.core.registry.read();
-        let members = matching_members(&applied.state, &filter);
+        let (members, index) = {
+            let applied = self.core.registry.read();
+            (matching_members(&applied.state, &filter), applied.index)
+        };
         Ok(Response::new(pb::ListMembersResponse {
-            members,
-            index: applied.index,
+            members: members.iter().map(|m| member_to_pb(m)).collect(),
+            index,
         }))
     }
 

@@ -22,14 +22,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use fuddle_proto::encoded::EncodedSubscribeResponse;
 use fuddle_proto::registry as pb;
-use fuddle_storage::{Applied, AppliedEntry, FeedItem, Filter, Registry};
+use fuddle_storage::{Applied, AppliedEntry, FeedItem, Filter, Member, Registry};
 use futures::Stream;
 use tokio::sync::broadcast;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
-use crate::convert::{change_to_pb, matching_members};
+use crate::convert::{change_to_pb, matching_members, member_to_pb};
 use crate::error::NodeError;
 
 /// Members per Snapshot message, so no message nears gRPC's size limit.
@@ -70,6 +70,7 @@ pub fn stream(
             registry,
             sub,
             out: VecDeque::new(),
+            snapshot: None,
             live: None,
             last: 0,
         },
@@ -100,9 +101,13 @@ struct Inner {
     registry: Arc<Registry>,
     /// What the client asked for.
     sub: Subscription,
-    /// Messages made but not yet taken by the server (the parts of a
-    /// snapshot, a resumed history).
+    /// Messages made but not yet taken by the server (a resumed history,
+    /// entries, progress). Empty while `snapshot` is set: every way of
+    /// setting it clears or finds `out` empty, and nothing is added to
+    /// `out` until the snapshot is sent.
     out: VecDeque<EncodedSubscribeResponse>,
+    /// A snapshot still being sent.
+    snapshot: Option<PendingSnapshot>,
     /// The broadcast receiver and progress timer, once the start is sent.
     live: Option<Live>,
     /// The index the client's view is complete up to.
@@ -117,8 +122,20 @@ struct Live {
     progress: Interval,
 }
 
+/// A snapshot being sent. Its members were picked under the registry's
+/// lock, at `index`; they are converted and encoded one chunk at a time, as
+/// the server takes them, so that the client decodes one chunk while the
+/// node makes the next (made all at once, a 100 000-member snapshot reached
+/// the client only after the node had encoded the whole of it).
+struct PendingSnapshot {
+    /// The members not yet sent, in id order.
+    members: std::vec::IntoIter<Arc<Member>>,
+    /// The index the snapshot is complete up to.
+    index: u64,
+}
+
 enum Start {
-    Snapshot(Vec<pb::Member>, u64),
+    Snapshot(Vec<Arc<Member>>, u64),
     Resume(Vec<Arc<AppliedEntry>>, u64),
 }
 
@@ -136,6 +153,9 @@ impl Streamer {
         loop {
             if let Some(message) = self.inner.out.pop_front() {
                 return Ok(message);
+            }
+            if let Some(chunk) = self.inner.snapshot_chunk() {
+                return Ok(chunk);
             }
             tokio::select! {
                 biased;
@@ -269,31 +289,39 @@ impl Inner {
         self.snapshot(members, index);
     }
 
-    fn snapshot(&mut self, members: Vec<pb::Member>, index: u64) {
+    /// Starts sending a snapshot (see [`PendingSnapshot`]); the client's
+    /// view is complete up to `index` once the last chunk is taken.
+    fn snapshot(&mut self, members: Vec<Arc<Member>>, index: u64) {
         self.last = index;
-        let mut chunks = members.chunks(SNAPSHOT_CHUNK).peekable();
-        if chunks.peek().is_none() {
-            self.out
-                .push_back(encode(pb::subscribe_response::Kind::Snapshot(
-                    pb::Snapshot {
-                        members: Vec::new(),
-                        index,
-                        more: false,
-                    },
-                )));
-            return;
+        self.snapshot = Some(PendingSnapshot {
+            members: members.into_iter(),
+            index,
+        });
+    }
+
+    /// The next message of the snapshot being sent, if any: up to
+    /// `SNAPSHOT_CHUNK` members, with `more` set on all but the last (an
+    /// empty snapshot is one message with no member).
+    fn snapshot_chunk(&mut self) -> Option<EncodedSubscribeResponse> {
+        let pending = self.snapshot.as_mut()?;
+        let members: Vec<pb::Member> = pending
+            .members
+            .by_ref()
+            .take(SNAPSHOT_CHUNK)
+            .map(|m| member_to_pb(&m))
+            .collect();
+        let more = pending.members.len() > 0;
+        let index = pending.index;
+        if !more {
+            self.snapshot = None;
         }
-        while let Some(chunk) = chunks.next() {
-            let more = chunks.peek().is_some();
-            self.out
-                .push_back(encode(pb::subscribe_response::Kind::Snapshot(
-                    pb::Snapshot {
-                        members: chunk.to_vec(),
-                        index,
-                        more,
-                    },
-                )));
-        }
+        Some(encode(pb::subscribe_response::Kind::Snapshot(
+            pb::Snapshot {
+                members,
+                index,
+                more,
+            },
+        )))
     }
 
     /// Queues an entry's changes if it is newer than what the client has

@@ -396,3 +396,132 @@ async fn snapshots_follow_applied_commands_and_a_restart_replays_the_log_after_t
     assert!(after.index >= before.index);
     node.shutdown().await;
 }
+
+/// A snapshot larger than one message arrives in chunks of at most 1 000
+/// members, all at the snapshot's index, in id order, with `more` on all
+/// but the last; the first change after it follows the last chunk. (The
+/// node makes each chunk only when the server takes the one before.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_snapshot_comes_in_ordered_chunks_then_the_changes_after_it() {
+    const MEMBERS: usize = 2_100;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let mut c = client(&node).await;
+    ready(&mut c).await;
+    let s = open_session(&mut c, 30_000, 60_000).await;
+
+    register_many(&c, &s, MEMBERS as u64, "big").await;
+
+    let mut watch = c
+        .subscribe(pb::SubscribeRequest {
+            filter: Some(pb::Filter {
+                service: "big".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sizes = Vec::new();
+    let mut ids = Vec::new();
+    let mut index = None;
+    loop {
+        let message = tokio::time::timeout(DEADLINE, watch.next())
+            .await
+            .expect("a snapshot chunk in time")
+            .expect("the stream goes on")
+            .unwrap();
+        let Some(pb::subscribe_response::Kind::Snapshot(part)) = message.kind else {
+            panic!("expected only snapshot chunks until the last, got {message:?}");
+        };
+        assert_eq!(*index.get_or_insert(part.index), part.index);
+        sizes.push(part.members.len());
+        ids.extend(part.members.into_iter().map(|m| m.id));
+        if !part.more {
+            break;
+        }
+    }
+    assert_eq!(sizes, [1000, 1000, 100]);
+    let expected: Vec<String> = (1..=MEMBERS).map(|i| format!("m-{i:05}")).collect();
+    assert_eq!(ids, expected);
+
+    c.register(pb::RegisterRequest {
+        origin: Some(pb::WriteOrigin {
+            client_id: s.client_id.clone(),
+            seq: MEMBERS as u64 + 1,
+            ack_below: 0,
+        }),
+        member: Some(member("m-late", "big")),
+    })
+    .await
+    .unwrap();
+    let next = loop {
+        let message = tokio::time::timeout(DEADLINE, watch.next())
+            .await
+            .expect("the change in time")
+            .expect("the stream goes on")
+            .unwrap();
+        match message.kind {
+            Some(pb::subscribe_response::Kind::Progress(_)) => continue,
+            Some(pb::subscribe_response::Kind::Events(events)) => break events,
+            other => panic!("expected the change, got {other:?}"),
+        }
+    };
+    assert!(next.index > index.unwrap());
+    let [
+        pb::Change {
+            kind: Some(pb::change::Kind::Upsert(late)),
+        },
+    ] = next.changes.as_slice()
+    else {
+        panic!("expected one upsert, got {next:?}");
+    };
+    assert_eq!(late.id, "m-late");
+
+    // No match: one empty snapshot, complete at once.
+    let mut empty = c
+        .subscribe(pb::SubscribeRequest {
+            filter: Some(pb::Filter {
+                service: "nothing-here".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let message = empty.next().await.unwrap().unwrap();
+    let Some(pb::subscribe_response::Kind::Snapshot(part)) = message.kind else {
+        panic!("expected a snapshot, got {message:?}");
+    };
+    assert!(part.members.is_empty() && !part.more);
+    node.shutdown().await;
+}
+
+/// Registers members `m-00001` to `m-{count}` of `service`, 64 at a time,
+/// with the session's seqs 1 to `count`.
+async fn register_many(c: &RegistryClient<Channel>, s: &TestSession, count: u64, service: &str) {
+    // Fully qualified: this file also imports tokio-stream's `StreamExt`.
+    let requests = (1..=count).map(|seq| {
+        let mut c = c.clone();
+        let request = pb::RegisterRequest {
+            origin: Some(pb::WriteOrigin {
+                client_id: s.client_id.clone(),
+                seq,
+                ack_below: 0,
+            }),
+            member: Some(member(&format!("m-{seq:05}"), service)),
+        };
+        async move { c.register(request).await.map(|_| ()) }
+    });
+    let writes: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+        futures::stream::iter(requests),
+        64,
+    ))
+    .await;
+    assert!(
+        writes.iter().all(Result::is_ok),
+        "every registration succeeds"
+    );
+}
