@@ -1,10 +1,10 @@
 //! openraft's log store on sled: the log (big-endian index keys), the vote,
 //! the committed and purged markers.
 //!
-//! An append is written as one sled batch and made durable with one
-//! `flush_async` before openraft is told it is on disk: openraft hands over
-//! every entry it has ready in one call, so many client writes share one
-//! flush (group commit).
+//! An append is written as plain sled inserts and made durable with one
+//! flush (`crate::flush`) before openraft is told it is on disk: openraft
+//! hands over every entry it has ready in one call, so many client writes
+//! share one flush (group commit).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -27,7 +27,7 @@ const PURGED_KEY: &str = "last_purged";
 /// The Raft log and its metadata, in the node's sled database.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    /// For `flush_async`, which covers every tree.
+    /// For flushing, which covers every tree.
     db: sled::Db,
     /// Entries by big-endian index.
     log: sled::Tree,
