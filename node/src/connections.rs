@@ -53,6 +53,10 @@ pub struct Conn {
     /// Whether a flush of `unsent` has already let every other ready task
     /// run once; the next flush writes.
     yielded: bool,
+    /// Whether h2 wrote more while the connection yielded.
+    gained: bool,
+    /// When yielding is worth it, from what the last yields gathered.
+    backoff: YieldBackoff,
     /// Whether writes wait for a flush that first yields (public
     /// connections) or go straight to the socket (peers' connections,
     /// whose few messages are on the write path and gain nothing from
@@ -63,6 +67,50 @@ pub struct Conn {
 /// At most this many unsent bytes; past it a write goes out at once.
 const UNSENT_MAX: usize = 64 * 1024;
 
+/// The longest run of flushes that write at once after fruitless yields.
+const MAX_SKIP: u32 = 64;
+
+/// Whether a public connection's next writes wait for a yield (see
+/// [`Conn::poll_flush`]). A yield pays when other streams of the same
+/// connection queue frames meanwhile: with many subscriptions on one
+/// connection it gathers about thirty events per send. With one
+/// subscription per connection it gathers nothing and costs an extra poll
+/// of the connection per event (node CPU per delivery 19.7 µs without
+/// yielding, 22.5–29.8 µs with, 10 000 subscribers on 10 000 connections).
+/// So after a yield that gathered nothing, the connection writes at once
+/// for the next 1, 2, 4 ... up to `MAX_SKIP` flushes before it tries a yield
+/// again; one that gathered something makes it yield every time again.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct YieldBackoff {
+    /// Flushes left that write at once.
+    skip: u32,
+    /// How many flushes the next fruitless yield skips, less one.
+    next: u32,
+}
+
+impl YieldBackoff {
+    /// Whether writes should wait for a yield now.
+    fn yields(&self) -> bool {
+        self.skip == 0
+    }
+
+    /// A flush with nothing held back.
+    fn flushed_at_once(&mut self) {
+        self.skip = self.skip.saturating_sub(1);
+    }
+
+    /// A yield ended, having gathered more writes or not.
+    fn yield_ended(&mut self, gained: bool) {
+        if gained {
+            *self = YieldBackoff::default();
+        } else {
+            let skip = (self.next + 1).min(MAX_SKIP);
+            self.skip = skip;
+            self.next = (skip * 2 - 1).min(MAX_SKIP);
+        }
+    }
+}
+
 impl Conn {
     fn new(prefix: Bytes, stream: TcpStream, coalesce: bool) -> Conn {
         Conn {
@@ -70,6 +118,8 @@ impl Conn {
             stream,
             unsent: BytesMut::new(),
             yielded: false,
+            gained: false,
+            backoff: YieldBackoff::default(),
             coalesce,
         }
     }
@@ -122,9 +172,10 @@ impl AsyncWrite for Conn {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if !this.coalesce {
+        if !this.coalesce || (this.unsent.is_empty() && !this.backoff.yields()) {
             return Pin::new(&mut this.stream).poll_write(cx, buf);
         }
+        this.gained |= this.yielded;
         if this.unsent.len() + buf.len() > UNSENT_MAX {
             ready!(this.poll_send_unsent(cx))?;
             if buf.len() > UNSENT_MAX {
@@ -155,16 +206,25 @@ impl AsyncWrite for Conn {
     /// task that woke itself at the back), so the other streams of that
     /// entry queue their frames first, and h2 adds them before the flush
     /// that writes.
+    ///
+    /// A yield that gathers nothing is not repeated at once (see
+    /// [`YieldBackoff`]).
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.unsent.is_empty() {
+        if this.unsent.is_empty() && !this.yielded {
+            if this.coalesce {
+                this.backoff.flushed_at_once();
+            }
+        } else {
             if !this.yielded {
                 this.yielded = true;
+                this.gained = false;
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
             ready!(this.poll_send_unsent(cx))?;
             this.yielded = false;
+            this.backoff.yield_ended(this.gained);
         }
         Pin::new(&mut this.stream).poll_flush(cx)
     }
@@ -369,9 +429,15 @@ mod tests {
         assert!(conn.unsent.is_empty(), "a flush writes them");
         assert_eq!(conn.unsent.capacity(), 0, "and frees the buffer");
 
+        // Nothing else was written while that flush yielded, so the next
+        // write goes out at once (see `YieldBackoff`).
         let big = vec![7u8; UNSENT_MAX + 1000];
         conn.write_all(b"before the big one").await.unwrap();
         sent.extend_from_slice(b"before the big one");
+        assert!(
+            conn.unsent.is_empty(),
+            "written at once after a fruitless yield"
+        );
         conn.write_all(&big).await.unwrap();
         sent.extend_from_slice(&big);
         conn.write_all(b"tail").await.unwrap();
@@ -398,5 +464,29 @@ mod tests {
         let mut got = [0u8; 3];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"now");
+    }
+
+    /// Fruitless yields space themselves out 1, 2, 4 ... 64 flushes apart;
+    /// one that gathers something makes every flush yield again.
+    #[test]
+    fn yields_that_gather_nothing_back_off_and_one_that_gathers_resets() {
+        let mut b = YieldBackoff::default();
+        assert!(b.yields());
+        let mut gaps = Vec::new();
+        for _ in 0..9 {
+            assert!(b.yields());
+            b.yield_ended(false);
+            let mut gap = 0;
+            while !b.yields() {
+                b.flushed_at_once();
+                gap += 1;
+            }
+            gaps.push(gap);
+        }
+        assert_eq!(gaps, [1, 2, 4, 8, 16, 32, 64, 64, 64]);
+        b.yield_ended(true);
+        assert_eq!(b, YieldBackoff::default());
+        b.yield_ended(false);
+        assert_eq!(b.skip, 1, "and starts over from one");
     }
 }
