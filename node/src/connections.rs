@@ -17,10 +17,10 @@
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -28,6 +28,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Uri;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::coalesce::Coalescing;
 
 /// What a peer writes first on an internal connection. As long as
 /// HTTP/2's client preface ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), so that
@@ -45,99 +47,18 @@ const QUEUE: usize = 64;
 pub struct Conn {
     /// Read before the stream itself; empty for internal connections.
     prefix: Bytes,
-    /// The connection.
-    stream: TcpStream,
-    /// Bytes h2 wrote that are not yet on the socket (public connections
-    /// only; see [`Conn::poll_flush`]).
-    unsent: BytesMut,
-    /// Whether a flush of `unsent` has already let every other ready task
-    /// run once; the next flush writes.
-    yielded: bool,
-    /// Whether h2 wrote more while the connection yielded.
-    gained: bool,
-    /// When yielding is worth it, from what the last yields gathered.
-    backoff: YieldBackoff,
-    /// Whether writes wait for a flush that first yields (public
-    /// connections) or go straight to the socket (peers' connections,
-    /// whose few messages are on the write path and gain nothing from
-    /// waiting).
-    coalesce: bool,
-}
-
-/// At most this many unsent bytes; past it a write goes out at once.
-const UNSENT_MAX: usize = 64 * 1024;
-
-/// The longest run of flushes that write at once after fruitless yields.
-const MAX_SKIP: u32 = 64;
-
-/// Whether a public connection's next writes wait for a yield (see
-/// [`Conn::poll_flush`]). A yield pays when other streams of the same
-/// connection queue frames meanwhile: with many subscriptions on one
-/// connection it gathers about thirty events per send. With one
-/// subscription per connection it gathers nothing and costs an extra poll
-/// of the connection per event (node CPU per delivery 19.7 µs without
-/// yielding, 22.5–29.8 µs with, 10 000 subscribers on 10 000 connections).
-/// So after a yield that gathered nothing, the connection writes at once
-/// for the next 1, 2, 4 ... up to `MAX_SKIP` flushes before it tries a yield
-/// again; one that gathered something makes it yield every time again.
-#[derive(Debug, Default, Clone, PartialEq)]
-struct YieldBackoff {
-    /// Flushes left that write at once.
-    skip: u32,
-    /// How many flushes the next fruitless yield skips, less one.
-    next: u32,
-}
-
-impl YieldBackoff {
-    /// Whether writes should wait for a yield now.
-    fn yields(&self) -> bool {
-        self.skip == 0
-    }
-
-    /// A flush with nothing held back.
-    fn flushed_at_once(&mut self) {
-        self.skip = self.skip.saturating_sub(1);
-    }
-
-    /// A yield ended, having gathered more writes or not.
-    fn yield_ended(&mut self, gained: bool) {
-        if gained {
-            *self = YieldBackoff::default();
-        } else {
-            let skip = (self.next + 1).min(MAX_SKIP);
-            self.skip = skip;
-            self.next = (skip * 2 - 1).min(MAX_SKIP);
-        }
-    }
+    /// The connection. Public connections hold h2's writes until a flush
+    /// that yields first (see `coalesce.rs`); peers' connections, whose
+    /// few messages each are on the write path, write at once.
+    stream: Coalescing<TcpStream>,
 }
 
 impl Conn {
     fn new(prefix: Bytes, stream: TcpStream, coalesce: bool) -> Conn {
         Conn {
             prefix,
-            stream,
-            unsent: BytesMut::new(),
-            yielded: false,
-            gained: false,
-            backoff: YieldBackoff::default(),
-            coalesce,
+            stream: Coalescing::new(stream, coalesce),
         }
-    }
-
-    /// Writes `unsent` to the socket, all of it or pending. The emptied
-    /// buffer is freed, not kept: a node may hold 10 000 subscribers'
-    /// connections, mostly idle, and each would otherwise keep the
-    /// largest burst it ever sent (up to `UNSENT_MAX`).
-    fn poll_send_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.unsent.is_empty() {
-            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.unsent))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.unsent.advance(n);
-        }
-        self.unsent = BytesMut::new();
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -145,7 +66,7 @@ impl Connected for Conn {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+        self.stream.get_ref().connect_info()
     }
 }
 
@@ -171,66 +92,18 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        if !this.coalesce || (this.unsent.is_empty() && !this.backoff.yields()) {
-            return Pin::new(&mut this.stream).poll_write(cx, buf);
-        }
-        this.gained |= this.yielded;
-        if this.unsent.len() + buf.len() > UNSENT_MAX {
-            ready!(this.poll_send_unsent(cx))?;
-            if buf.len() > UNSENT_MAX {
-                return Pin::new(&mut this.stream).poll_write(cx, buf);
-            }
-        }
-        this.unsent.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
-    /// Always false, although the socket could. h2 decides from this how
-    /// to buffer: with vectored writes it keeps every DATA payload over 256
-    /// bytes out of its write buffer and must write it out before the next
-    /// frame, so each subscription event (a few hundred bytes) cost one
-    /// `writev` (41% of a node's samples under fan-out to 10 000
-    /// subscribers). Without, it copies payloads up to 1 KiB into its
-    /// 16 KiB buffer, and the events of many streams leave in one write.
     fn is_write_vectored(&self) -> bool {
-        false
+        self.stream.is_write_vectored()
     }
 
-    /// Yields once before writing what h2 buffered. h2 writes when it
-    /// has no more frames ready, and under fan-out that is after the few
-    /// streams that ran since its last write: about four events per `send`
-    /// with 10 000 subscribers (`strace -c`), and the sends were a third
-    /// of a node's time. Waking itself and returning pending puts the
-    /// connection's task behind every task already woken (tokio requeues a
-    /// task that woke itself at the back), so the other streams of that
-    /// entry queue their frames first, and h2 adds them before the flush
-    /// that writes.
-    ///
-    /// A yield that gathers nothing is not repeated at once (see
-    /// [`YieldBackoff`]).
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.unsent.is_empty() && !this.yielded {
-            if this.coalesce {
-                this.backoff.flushed_at_once();
-            }
-        } else {
-            if !this.yielded {
-                this.yielded = true;
-                this.gained = false;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            ready!(this.poll_send_unsent(cx))?;
-            this.yielded = false;
-            this.backoff.yield_ended(this.gained);
-        }
-        Pin::new(&mut this.stream).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_send_unsent(cx))?;
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
@@ -323,7 +196,7 @@ async fn classify(mut stream: TcpStream) -> io::Result<(Conn, bool)> {
 pub async fn connect_internal(
     uri: Uri,
     local_ip: Option<IpAddr>,
-) -> io::Result<TokioIo<TcpStream>> {
+) -> io::Result<TokioIo<Coalescing<TcpStream>>> {
     let host = uri
         .host()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "an address without a host"))?;
@@ -345,7 +218,11 @@ pub async fn connect_internal(
             Ok(mut stream) => {
                 stream.set_nodelay(true)?;
                 stream.write_all(INTERNAL_PREAMBLE).await?;
-                return Ok(TokioIo::new(stream));
+                // Coalescing: hyper queues a request's headers, body and
+                // end of stream from different polls, and h2 wrote each in
+                // a `writev` of its own, three per AppendEntries; held for
+                // one yield they leave in one send.
+                return Ok(TokioIo::new(Coalescing::new(stream, true)));
             }
             Err(e) => last_error = e,
         }
@@ -408,85 +285,16 @@ mod tests {
         assert!(classify(server).await.is_err());
     }
 
-    /// Writes on a public connection wait in `unsent` until a flush (which
-    /// yields once first); everything arrives, in order, including writes
-    /// past `UNSENT_MAX` that go out at once and what a shutdown flushes.
     #[tokio::test]
-    async fn a_public_connection_holds_writes_until_a_flush_and_keeps_their_order() {
+    async fn public_connections_coalesce_and_internal_ones_do_not() {
         let (mut client, server) = pair().await;
         client.write_all(b"PRI").await.unwrap();
-        let (mut conn, internal) = classify(server).await.unwrap();
-        assert!(!internal && conn.coalesce);
+        let (conn, internal) = classify(server).await.unwrap();
+        assert!(!internal && conn.stream.coalesces());
 
-        let mut sent = Vec::new();
-        for i in 0..50u8 {
-            let piece = vec![i; 100 + usize::from(i)];
-            conn.write_all(&piece).await.unwrap();
-            sent.extend_from_slice(&piece);
-        }
-        assert!(!conn.unsent.is_empty(), "small writes wait for a flush");
-        conn.flush().await.unwrap();
-        assert!(conn.unsent.is_empty(), "a flush writes them");
-        assert_eq!(conn.unsent.capacity(), 0, "and frees the buffer");
-
-        // Nothing else was written while that flush yielded, so the next
-        // write goes out at once (see `YieldBackoff`).
-        let big = vec![7u8; UNSENT_MAX + 1000];
-        conn.write_all(b"before the big one").await.unwrap();
-        sent.extend_from_slice(b"before the big one");
-        assert!(
-            conn.unsent.is_empty(),
-            "written at once after a fruitless yield"
-        );
-        conn.write_all(&big).await.unwrap();
-        sent.extend_from_slice(&big);
-        conn.write_all(b"tail").await.unwrap();
-        sent.extend_from_slice(b"tail");
-        conn.shutdown().await.unwrap();
-
-        let mut got = Vec::new();
-        let mut prefix = [0u8; 3];
-        conn.read_exact(&mut prefix).await.unwrap();
-        assert_eq!(&prefix, b"PRI");
-        client.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got.len(), sent.len());
-        assert!(got == sent, "the bytes arrive whole and in order");
-    }
-
-    #[tokio::test]
-    async fn an_internal_connection_writes_at_once() {
         let (mut client, server) = pair().await;
         client.write_all(INTERNAL_PREAMBLE).await.unwrap();
-        let (mut conn, internal) = classify(server).await.unwrap();
-        assert!(internal && !conn.coalesce);
-        conn.write_all(b"now").await.unwrap();
-        assert!(conn.unsent.is_empty());
-        let mut got = [0u8; 3];
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"now");
-    }
-
-    /// Fruitless yields space themselves out 1, 2, 4 ... 64 flushes apart;
-    /// one that gathers something makes every flush yield again.
-    #[test]
-    fn yields_that_gather_nothing_back_off_and_one_that_gathers_resets() {
-        let mut b = YieldBackoff::default();
-        assert!(b.yields());
-        let mut gaps = Vec::new();
-        for _ in 0..9 {
-            assert!(b.yields());
-            b.yield_ended(false);
-            let mut gap = 0;
-            while !b.yields() {
-                b.flushed_at_once();
-                gap += 1;
-            }
-            gaps.push(gap);
-        }
-        assert_eq!(gaps, [1, 2, 4, 8, 16, 32, 64, 64, 64]);
-        b.yield_ended(true);
-        assert_eq!(b, YieldBackoff::default());
-        b.yield_ended(false);
-        assert_eq!(b.skip, 1, "and starts over from one");
+        let (conn, internal) = classify(server).await.unwrap();
+        assert!(internal && !conn.stream.coalesces());
     }
 }
