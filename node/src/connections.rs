@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use fuddle_transport::Coalescing;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -28,8 +29,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Uri;
 use tonic::transport::server::{Connected, TcpConnectInfo};
-
-use crate::coalesce::Coalescing;
 
 /// What a peer writes first on an internal connection. As long as
 /// HTTP/2's client preface ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), so that
@@ -48,7 +47,7 @@ pub struct Conn {
     /// Read before the stream itself; empty for internal connections.
     prefix: Bytes,
     /// The connection. Public connections hold h2's writes until a flush
-    /// that yields first (see `coalesce.rs`); peers' connections, whose
+    /// that yields first (see the `fuddle-transport` crate); peers' connections, whose
     /// few messages each are on the write path, write at once.
     stream: Coalescing<TcpStream>,
 }

@@ -4,7 +4,6 @@
 //! [`Node::start`] is the one entry point; `main.rs` only turns the command
 //! line into a [`Config`].
 
-pub mod coalesce;
 pub mod config;
 pub mod connections;
 pub mod convert;

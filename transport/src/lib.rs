@@ -1,5 +1,7 @@
-//! A socket whose writes wait for a flush, and whose flush first lets every
-//! other ready task run once.
+//! Socket plumbing shared by the node and the SDK: [`Coalescing`], a socket
+//! whose writes wait for a flush, and whose flush first lets every other
+//! ready task run once. It sees bytes and flushes, and knows nothing of
+//! h2, tonic or Fuddle.
 //!
 //! h2 writes when it has no more frames ready. On a busy runtime that is
 //! after the few streams that ran since its last write: with 10 000
@@ -10,6 +12,10 @@
 //! every task already woken (tokio requeues a task that woke itself at the
 //! back), so the other streams woken by the same entry queue their frames
 //! first and leave in the same send (about thirty events each).
+//!
+//! The same holds for one request: hyper queues a request's headers, body
+//! and end of stream from different polls, and h2 wrote each in a `writev`
+//! of its own; held for one yield they leave in one send.
 //!
 //! A yield only pays when something else writes meanwhile. A connection
 //! whose yields gather nothing (one subscription per connection, say)
