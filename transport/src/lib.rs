@@ -35,6 +35,8 @@ const UNSENT_MAX: usize = 64 * 1024;
 const MAX_SKIP: u32 = 64;
 
 /// A socket (or any byte stream) whose writes may be held for a yield.
+/// Held bytes leave only on a flush or a shutdown, so its user must flush
+/// after writing, as h2 does after every batch of frames.
 pub struct Coalescing<S> {
     /// The socket.
     stream: S,
