@@ -172,22 +172,14 @@ pub(crate) fn humanize(duration: Duration) -> String {
 /// before they leave ([`Coalescing`]): hyper queues a call's headers,
 /// message and end of stream from different polls, and h2 wrote each in a
 /// `writev` of its own, so every call cost the node three reads. With 256
-/// concurrent writers through one client, the nodes spent 123-171 us of
-/// CPU per registration against 135-180 us, and wrote 8 139-11 495
-/// against 7 692-10 325 registrations/s (four interleaved pairs). The
+/// concurrent writers (`fuddle-bench write --clients 256`), the nodes spent
+/// 123-171 us of CPU per registration against 135-180 us, and wrote
+/// 8 139-11 495 against 7 692-10 325 registrations/s (four interleaved
+/// pairs). The
 /// endpoint's connect timeout still applies (tonic wraps any connector in
 /// it).
 async fn connect_coalescing(uri: Uri) -> std::io::Result<TokioIo<Coalescing<TcpStream>>> {
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
-    let host = uri
-        .host()
-        .ok_or_else(|| invalid("an address without a host"))?;
-    let port = uri
-        .port_u16()
-        .ok_or_else(|| invalid("an address without a port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let stream = TcpStream::connect((host, port)).await?;
+    let stream = TcpStream::connect(fuddle_transport::host_and_port(&uri)?).await?;
     stream.set_nodelay(true)?;
     Ok(TokioIo::new(Coalescing::new(stream, true)))
 }

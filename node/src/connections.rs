@@ -47,8 +47,9 @@ pub struct Conn {
     /// Read before the stream itself; empty for internal connections.
     prefix: Bytes,
     /// The connection. Public connections hold h2's writes until a flush
-    /// that yields first (see the `fuddle-transport` crate); peers' connections, whose
-    /// few messages each are on the write path, write at once.
+    /// that yields first (see the `fuddle-transport` crate); peers'
+    /// connections, whose few messages each are on the write path, write
+    /// at once.
     stream: Coalescing<TcpStream>,
 }
 
@@ -196,13 +197,7 @@ pub async fn connect_internal(
     uri: Uri,
     local_ip: Option<IpAddr>,
 ) -> io::Result<TokioIo<Coalescing<TcpStream>>> {
-    let host = uri
-        .host()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "an address without a host"))?;
-    let port = uri
-        .port_u16()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "an address without a port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let (host, port) = fuddle_transport::host_and_port(&uri)?;
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
     for addr in tokio::net::lookup_host((host, port)).await? {
         let socket = if addr.is_ipv4() {

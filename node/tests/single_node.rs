@@ -161,11 +161,7 @@ async fn register_list_update_subscribe_restart() {
     // The watcher sees every change, in index order, no duplicates.
     let mut seen = Vec::new();
     while seen.len() < 5 {
-        let msg = tokio::time::timeout(DEADLINE, watch.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let msg = next_message(&mut watch).await;
         if let Some(pb::subscribe_response::Kind::Events(e)) = msg.kind {
             for change in e.changes {
                 seen.push((e.index, change.kind.unwrap()));
@@ -412,26 +408,12 @@ async fn a_large_snapshot_comes_in_ordered_chunks_then_the_changes_after_it() {
 
     register_many(&c, &s, MEMBERS as u64, "big").await;
 
-    let mut watch = c
-        .subscribe(pb::SubscribeRequest {
-            filter: Some(pb::Filter {
-                service: "big".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = subscribe_to(&mut c, "big").await;
     let mut sizes = Vec::new();
     let mut ids = Vec::new();
     let mut index = None;
     loop {
-        let message = tokio::time::timeout(DEADLINE, watch.next())
-            .await
-            .expect("a snapshot chunk in time")
-            .expect("the stream goes on")
-            .unwrap();
+        let message = next_message(&mut watch).await;
         let Some(pb::subscribe_response::Kind::Snapshot(part)) = message.kind else {
             panic!("expected only snapshot chunks until the last, got {message:?}");
         };
@@ -447,22 +429,13 @@ async fn a_large_snapshot_comes_in_ordered_chunks_then_the_changes_after_it() {
     assert_eq!(ids, expected);
 
     c.register(pb::RegisterRequest {
-        origin: Some(pb::WriteOrigin {
-            client_id: s.client_id.clone(),
-            seq: MEMBERS as u64 + 1,
-            ack_below: 0,
-        }),
+        origin: origin(&s, MEMBERS as u64 + 1),
         member: Some(member("m-late", "big")),
     })
     .await
     .unwrap();
     let next = loop {
-        let message = tokio::time::timeout(DEADLINE, watch.next())
-            .await
-            .expect("the change in time")
-            .expect("the stream goes on")
-            .unwrap();
-        match message.kind {
+        match next_message(&mut watch).await.kind {
             Some(pb::subscribe_response::Kind::Progress(_)) => continue,
             Some(pb::subscribe_response::Kind::Events(events)) => break events,
             other => panic!("expected the change, got {other:?}"),
@@ -480,17 +453,7 @@ async fn a_large_snapshot_comes_in_ordered_chunks_then_the_changes_after_it() {
     assert_eq!(late.id, "m-late");
 
     // No match: one empty snapshot, complete at once.
-    let mut empty = c
-        .subscribe(pb::SubscribeRequest {
-            filter: Some(pb::Filter {
-                service: "nothing-here".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut empty = subscribe_to(&mut c, "nothing-here").await;
     let message = empty.next().await.unwrap().unwrap();
     let Some(pb::subscribe_response::Kind::Snapshot(part)) = message.kind else {
         panic!("expected a snapshot, got {message:?}");
@@ -499,12 +462,43 @@ async fn a_large_snapshot_comes_in_ordered_chunks_then_the_changes_after_it() {
     node.shutdown().await;
 }
 
+/// A subscription to the members of `service`.
+async fn subscribe_to(
+    c: &mut RegistryClient<Channel>,
+    service: &str,
+) -> tonic::Streaming<pb::SubscribeResponse> {
+    c.subscribe(pb::SubscribeRequest {
+        filter: Some(pb::Filter {
+            service: service.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// The next message of a subscription, which must come within `DEADLINE`
+/// and not end the stream.
+async fn next_message(
+    watch: &mut tonic::Streaming<pb::SubscribeResponse>,
+) -> pb::SubscribeResponse {
+    tokio::time::timeout(DEADLINE, watch.next())
+        .await
+        .expect("a message in time")
+        .expect("the stream goes on")
+        .unwrap()
+}
+
 /// Registers members `m-00001` to `m-{count}` of `service`, 64 at a time,
 /// with the session's seqs 1 to `count`.
 async fn register_many(c: &RegistryClient<Channel>, s: &TestSession, count: u64, service: &str) {
     // Fully qualified: this file also imports tokio-stream's `StreamExt`.
     let requests = (1..=count).map(|seq| {
         let mut c = c.clone();
+        // Not `origin()`: with 64 writes in flight, acknowledging below
+        // `seq` would refuse a lower seq still on its way as a stale retry.
         let request = pb::RegisterRequest {
             origin: Some(pb::WriteOrigin {
                 client_id: s.client_id.clone(),
