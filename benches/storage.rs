@@ -51,7 +51,7 @@ fn entry(index: u64, commands: Vec<Command>) -> Entry {
         log_id: openraft::testing::log_id(1, 1, index),
         payload: EntryPayload::Normal(Request {
             now_ms: index,
-            commands,
+            commands: commands.into(),
         }),
     }
 }
@@ -134,7 +134,7 @@ fn bench_apply_pure(c: &mut Criterion) {
                 let mut state = RegistryState::default();
                 let open = Request {
                     now_ms: 1,
-                    commands: vec![open_session("bench")],
+                    commands: vec![open_session("bench")].into(),
                 };
                 state.apply(1, &open);
                 let mut source = entry_source(batch, 2);

@@ -120,7 +120,8 @@ fn public_requests(data: &[u8], limits: &Limits) {
                             ack_below: 1,
                         },
                         spec,
-                    }],
+                    }]
+                    .into(),
                 };
                 let bytes = encode(&request).expect("encoding a command");
                 assert_eq!(
@@ -177,7 +178,7 @@ fn public_requests(data: &[u8], limits: &Limits) {
                     id: "m".into(),
                     service: f.service,
                     locality: f.locality,
-                    metadata: f.metadata,
+                    metadata: f.metadata.into(),
                     ..MemberSpec::default()
                 });
                 let _ = filter.matches(&own);
@@ -216,7 +217,8 @@ fn apply(request: &Request) {
                 },
                 spec: fixed_member().spec,
             },
-        ],
+        ]
+        .into(),
     };
     state.apply(1, &open);
     apply_on(state, request);
@@ -242,7 +244,7 @@ fn internal_messages(data: &[u8]) {
     if let Some(batch) = postcard_round_trip_bytes::<ForwardBatch>(data) {
         apply(&Request {
             now_ms: 1,
-            commands: batch.commands,
+            commands: batch.commands.into(),
         });
     }
     let _ = postcard_round_trip_bytes::<HeartbeatBatch>(data);
@@ -274,7 +276,8 @@ fn stored_values(data: &[u8]) {
                     client_ids: client_ids.clone(),
                 },
                 Command::SessionsExpired { client_ids },
-            ],
+            ]
+            .into(),
         };
         apply_on(state, &expire);
     }

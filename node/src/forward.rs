@@ -1,6 +1,8 @@
 //! What followers send the leader over the internal service: batches of
 //! client commands, batches of heartbeats, and read-index questions.
 
+use std::borrow::Cow;
+
 use fuddle_storage::Command;
 use serde::{Deserialize, Serialize};
 
@@ -9,9 +11,10 @@ use crate::proposer::Proposed;
 /// A follower's batch of commands for the leader to propose. The leader
 /// stamps the time; a follower's clock never reaches the log.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ForwardBatch {
-    /// The commands, answered in order.
-    pub commands: Vec<Command>,
+pub struct ForwardBatch<'a> {
+    /// The commands, answered in order. Borrowed when a follower sends its
+    /// whole batch, which it keeps to answer from; owned once decoded.
+    pub commands: Cow<'a, [Command]>,
 }
 
 /// The leader's answers to a [`ForwardBatch`].

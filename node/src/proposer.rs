@@ -7,6 +7,7 @@
 //! forwarded to the leader in one call. Several batches may be in flight at
 //! once, so a slow flush does not stop the next batch from forming.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -167,6 +168,9 @@ fn split(batch: Vec<Pending>) -> (Vec<Command>, Vec<Route>, Vec<oneshot::Sender<
 /// Proposes a batch here or forwards it; always one result per command.
 async fn submit_batch(ctx: &Ctx, commands: Vec<Command>, routes: &[Route]) -> Vec<Proposed> {
     let n = commands.len();
+    // Shared from here on: a retry after a change of leader, or a forward,
+    // needs the commands the entry took.
+    let commands: Arc<[Command]> = commands.into();
     let deadline = Instant::now() + PROPOSE_TIMEOUT;
     if let Some(e) = raft_stopped(&ctx.raft) {
         return vec![Err(e); n];
@@ -187,7 +191,7 @@ async fn submit_batch(ctx: &Ctx, commands: Vec<Command>, routes: &[Route]) -> Ve
             }
             let request = Request {
                 now_ms: now_ms(),
-                commands: commands.clone(),
+                commands: Arc::clone(&commands),
             };
             let written = tokio::time::timeout_at(deadline, ctx.raft.client_write(request)).await;
             return match written {
@@ -223,7 +227,7 @@ async fn submit_batch(ctx: &Ctx, commands: Vec<Command>, routes: &[Route]) -> Ve
                 ],
             };
         }
-        return forward(ctx, leader, commands, routes).await;
+        return forward(ctx, leader, &commands, routes).await;
     }
 }
 
@@ -231,7 +235,7 @@ async fn submit_batch(ctx: &Ctx, commands: Vec<Command>, routes: &[Route]) -> Ve
 async fn forward(
     ctx: &Ctx,
     (leader, addr): (u64, String),
-    commands: Vec<Command>,
+    commands: &[Command],
     routes: &[Route],
 ) -> Vec<Proposed> {
     let not_leader = NodeError::NotLeader {
@@ -241,12 +245,18 @@ async fn forward(
         .iter()
         .map(|r| (*r == Route::LocalOnly).then(|| Err(not_leader.clone())))
         .collect();
-    let to_send: Vec<Command> = commands
-        .into_iter()
-        .zip(routes)
-        .filter(|(_, r)| **r == Route::Anywhere)
-        .map(|(c, _)| c)
-        .collect();
+    // Commands forwarded here by another node are only ever proposed
+    // where they were sent; a batch without them goes as it is.
+    let to_send: Cow<'_, [Command]> = if routes.iter().all(|r| *r == Route::Anywhere) {
+        Cow::Borrowed(commands)
+    } else {
+        commands
+            .iter()
+            .zip(routes)
+            .filter(|(_, r)| **r == Route::Anywhere)
+            .map(|(c, _)| c.clone())
+            .collect()
+    };
     let sent = to_send.len();
     let answers = if sent == 0 {
         Vec::new()
@@ -275,7 +285,7 @@ async fn forward_call(
     ctx: &Ctx,
     leader: u64,
     addr: &str,
-    commands: Vec<Command>,
+    commands: Cow<'_, [Command]>,
 ) -> Result<ForwardReply, NodeError> {
     let data =
         encode(&ForwardBatch { commands }).map_err(|e| NodeError::Internal(e.to_string()))?;

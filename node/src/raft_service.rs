@@ -91,6 +91,7 @@ impl RaftRpc for RaftService {
         let batch: ForwardBatch = decode_request(request)?;
         let proposals = batch
             .commands
+            .into_owned()
             .into_iter()
             .map(|command| self.core.proposer.propose_local(command));
         // Proposed together, they share the leader's next batch.

@@ -84,8 +84,12 @@ pub enum Command {
 pub struct Request {
     /// The leader's wall clock (Unix ms) when it proposed the entry.
     pub now_ms: u64,
-    /// The commands, applied in order.
-    pub commands: Vec<Command>,
+    /// The commands, applied in order. Shared, so that the copies of an
+    /// entry openraft asks for (one per follower's AppendEntries, one for
+    /// applying, one the proposer keeps to retry with) cost a reference
+    /// count rather than a copy of every string. Serialized as a plain
+    /// sequence, the same bytes a `Vec` gives.
+    pub commands: Arc<[Command]>,
 }
 
 /// What applying one log entry answers: one result per command.

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod log_store;
 pub mod member;
 pub mod metadata;
+mod recent;
 pub mod registry;
 pub mod session;
 mod snapshot_files;

@@ -8,6 +8,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError, Vote};
@@ -16,6 +17,7 @@ use crate::codec::{decode, encode, index_key, key_index};
 use crate::data_dir::DataDir;
 use crate::durable_snapshot::DurableSnapshot;
 use crate::gate;
+use crate::recent::Recent;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 const LOG_TREE: &str = "log";
@@ -38,6 +40,9 @@ pub struct LogStore {
     /// alone purges what it is told (openraft's conformance suite expects
     /// that of a bare log store).
     covered: Option<DurableSnapshot>,
+    /// The entries appended last, decoded, shared with every reader (see
+    /// `recent`): openraft reads them back to replicate and apply them.
+    recent: Arc<Mutex<Recent>>,
 }
 
 fn io_err(
@@ -64,6 +69,7 @@ impl LogStore {
             log: dir.db.open_tree(LOG_TREE)?,
             meta: dir.db.open_tree(RAFT_META_TREE)?,
             covered: None,
+            recent: Arc::default(),
         })
     }
 
@@ -103,6 +109,12 @@ impl LogStore {
     pub fn purging_only_behind(mut self, covered: DurableSnapshot) -> LogStore {
         self.covered = Some(covered);
         self
+    }
+
+    /// The window of recent entries. Nothing panics while holding it, so a
+    /// poisoned lock still holds a consistent window.
+    fn recent(&self) -> MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -158,6 +170,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
+        if let Some(entries) = self.recent().get(&range) {
+            return Ok(entries);
+        }
         let start = match range.start_bound() {
             Bound::Included(i) => Bound::Included(index_key(*i)),
             Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
@@ -230,10 +245,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut writes = Vec::new();
         for entry in entries {
-            writes.push((
-                index_key(entry.log_id.index),
-                encode(&entry).map_err(logs_write)?,
-            ));
+            let bytes = encode(&entry).map_err(logs_write)?;
+            writes.push((entry, bytes));
         }
         let gate = gate::enter().await;
         // Plain inserts, not a sled batch. A batch seals sled's write
@@ -245,8 +258,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // first torn message, so a crash before the flush below leaves a
         // prefix of these entries, in index order, which is a valid log
         // that openraft was never told was durable.
-        for (key, value) in writes {
-            self.log.insert(key, value).map_err(logs_write)?;
+        for (entry, bytes) in writes {
+            let size = bytes.len();
+            self.log
+                .insert(index_key(entry.log_id.index), bytes)
+                .map_err(logs_write)?;
+            self.recent().push(entry, size);
         }
         // Only data on disk may be reported durable: an acknowledged write
         // must survive a crash.
@@ -266,6 +283,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The window first: a reader must not be answered from it with an
+        // entry the log no longer holds.
+        self.recent().truncate(log_id.index);
         let mut batch = sled::Batch::default();
         for item in self.log.range(index_key(log_id.index)..) {
             let (key, _) = item.map_err(logs_read)?;
@@ -289,6 +309,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The marker goes first: entries at or below it are ignored even if
         // a crash leaves some of them behind.
         self.put_meta(PURGED_KEY, &log_id, ErrorSubject::Store)?;
+        self.recent().purge(log_id.index);
         let mut batch = sled::Batch::default();
         for item in self.log.range(..=index_key(log_id.index)) {
             let (key, _) = item.map_err(logs_read)?;

@@ -17,7 +17,7 @@ const NOW: u64 = 1_700_000_000_000;
 fn request(commands: Vec<Command>) -> Request {
     Request {
         now_ms: NOW,
-        commands,
+        commands: commands.into(),
     }
 }
 
@@ -638,7 +638,7 @@ fn sessions_down_marks_their_members_down() {
         6,
         &Request {
             now_ms: 1234,
-            commands: vec![down(&["s1", "unknown"])],
+            commands: vec![down(&["s1", "unknown"])].into(),
         },
     );
     assert_eq!(out.results, vec![Ok(Outcome::Done)]);
@@ -674,7 +674,7 @@ fn sessions_down_on_a_down_session_changes_nothing() {
         6,
         &Request {
             now_ms: 1000,
-            commands: vec![down(&["s1"])],
+            commands: vec![down(&["s1"])].into(),
         },
     );
     let before = state.clone();
@@ -682,7 +682,7 @@ fn sessions_down_on_a_down_session_changes_nothing() {
         7,
         &Request {
             now_ms: 2000,
-            commands: vec![down(&["s1"])],
+            commands: vec![down(&["s1"])].into(),
         },
     );
     assert_eq!(out.results, vec![Ok(Outcome::Done)]);
@@ -1095,7 +1095,13 @@ fn script() -> Vec<(u64, Request)> {
     let mut index = 0;
     let mut push = |now_ms: u64, commands: Vec<Command>| {
         index += 1;
-        entries.push((index, Request { now_ms, commands }));
+        entries.push((
+            index,
+            Request {
+                now_ms,
+                commands: commands.into(),
+            },
+        ));
     };
     push(100, vec![open("a"), open("b")]);
     push(

@@ -87,7 +87,7 @@ fn normal(term: u64, index: u64, commands: Vec<Command>) -> Entry {
         log_id: lid(term, index),
         payload: EntryPayload::Normal(Request {
             now_ms: 1_000 * index,
-            commands,
+            commands: commands.into(),
         }),
     }
 }
