@@ -276,7 +276,7 @@ impl RegistryState {
         &mut self,
         index: u64,
         origin: &Origin,
-        spec: &MemberSpec,
+        spec: &Arc<MemberSpec>,
         rec: &mut Recorder,
     ) -> CommandResult {
         let Some(session) = self.sessions.get(&origin.client_id) else {
@@ -303,16 +303,24 @@ impl RegistryState {
             None => index,
         };
         let member = Arc::new(Member {
-            spec: spec.clone(),
+            spec: Arc::clone(spec),
             status,
             client_id: origin.client_id.clone(),
             create_index,
             mod_index: index,
         });
-        let before = self.members.insert(spec.id.clone(), member.clone());
+        // A member registered again (the common case: an instance
+        // restarting, or a benchmark's writers) keeps its key: no copy of
+        // the id for the map or the session's index.
+        let before = match self.members.get_mut(&spec.id) {
+            Some(slot) => Some(std::mem::replace(slot, member.clone())),
+            None => self.members.insert(spec.id.clone(), member.clone()),
+        };
         // The member index is not stored, so the session record is
         // unchanged by this.
-        if let Some(session) = self.sessions.get_mut(&origin.client_id) {
+        if let Some(session) = self.sessions.get_mut(&origin.client_id)
+            && !session.members.contains(&spec.id)
+        {
             session.members.insert(spec.id.clone());
         }
         rec.member(&spec.id, before, Some(member.clone()));
@@ -349,11 +357,13 @@ impl RegistryState {
         self.check_owner(origin, before)?;
         let before = before.clone();
         let mut after = Member::clone(&before);
+        // The spec is shared with `before`: this copies it once.
+        let spec = Arc::make_mut(&mut after.spec);
         for (key, value) in set {
-            after.spec.metadata.insert(key.clone(), value.clone());
+            spec.metadata.insert(key.clone(), value.clone());
         }
         for key in remove {
-            after.spec.metadata.remove(key);
+            spec.metadata.remove(key);
         }
         after.mod_index = index;
         let after = Arc::new(after);

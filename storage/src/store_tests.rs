@@ -142,14 +142,14 @@ fn origin(client_id: &str, seq: u64) -> Origin {
 fn register(client_id: &str, seq: u64, id: &str) -> Command {
     Command::Register {
         origin: origin(client_id, seq),
-        spec: MemberSpec {
+        spec: std::sync::Arc::new(MemberSpec {
             id: id.into(),
             service: "web".into(),
             locality: "dc1.rack2".into(),
             revision: "v1".into(),
             created_ms: 7,
             metadata: crate::Metadata::from([("zone".into(), "a".into())]),
-        },
+        }),
     }
 }
 
