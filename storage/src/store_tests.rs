@@ -1250,3 +1250,64 @@ async fn a_purge_cut_short_by_an_install_leaves_no_hole_at_the_next_start() {
     assert_eq!(state.last_purged_log_id, Some(lid(1, 4)));
     assert_eq!(state.last_log_id, Some(lid(1, 6)));
 }
+
+/// Entries and members are stored (log, snapshots) and sent to peers in
+/// postcard. Sharing commands and specs (`Arc`) must not change a byte of
+/// that, or a node could not read its own data dir after an upgrade, nor
+/// talk to a peer of the previous release. The bytes below were produced
+/// by the release before the sharing (`Vec<Command>`, a plain `MemberSpec`).
+#[test]
+fn entries_and_members_encode_as_before_commands_and_specs_were_shared() {
+    let spec = std::sync::Arc::new(MemberSpec {
+        id: "m-1".into(),
+        service: "web".into(),
+        locality: "dc1".into(),
+        revision: "v1".into(),
+        created_ms: 5,
+        metadata: crate::Metadata::from([("k".to_string(), "v".to_string())]),
+    });
+    let entry = Entry {
+        log_id: openraft::testing::log_id(2, 1, 7),
+        payload: EntryPayload::Normal(Request {
+            now_ms: 9,
+            commands: vec![
+                Command::OpenSession {
+                    client_id: "c".into(),
+                    heartbeat_timeout_ms: 1,
+                    reconnect_timeout_ms: 2,
+                },
+                Command::Register {
+                    origin: Origin {
+                        client_id: "c".into(),
+                        seq: 3,
+                        ack_below: 2,
+                    },
+                    spec: spec.clone(),
+                },
+            ]
+            .into(),
+        }),
+    };
+    let member = crate::Member {
+        spec,
+        status: crate::MemberStatus::Down,
+        client_id: "c".into(),
+        create_index: 4,
+        mod_index: 6,
+    };
+    let entry_bytes: &[u8] = &[
+        2, 1, 7, 1, 9, 2, 0, 1, 99, 1, 2, 1, 1, 99, 3, 2, 3, 109, 45, 49, 3, 119, 101, 98, 3, 100,
+        99, 49, 2, 118, 49, 5, 1, 1, 107, 1, 118,
+    ];
+    let member_bytes: &[u8] = &[
+        3, 109, 45, 49, 3, 119, 101, 98, 3, 100, 99, 49, 2, 118, 49, 5, 1, 1, 107, 1, 118, 1, 1,
+        99, 4, 6,
+    ];
+    assert_eq!(crate::codec::encode(&entry).unwrap(), entry_bytes);
+    assert_eq!(crate::codec::encode(&member).unwrap(), member_bytes);
+    assert_eq!(crate::codec::decode::<Entry>(entry_bytes).unwrap(), entry);
+    assert_eq!(
+        crate::codec::decode::<crate::Member>(member_bytes).unwrap(),
+        member
+    );
+}
