@@ -9,6 +9,7 @@
 #
 #   benches/compare-etcd.sh                                  # the full run
 #   DURATION=3s SUBSCRIBERS=1000 benches/compare-etcd.sh     # a quick one
+#   ROUNDS=3 DURATION=5s benches/compare-etcd.sh             # medians of three
 #
 # Settings (environment):
 #   DURATION=10s      measured time of each write workload
@@ -20,6 +21,9 @@
 #   FANOUT_CONNS=16   gRPC connections the subscribers are spread over
 #   DEADLINE=60s      how long a fan-out waits for late deliveries
 #   PAUSE=2           seconds of rest between two measurements
+#   ROUNDS=1          measurements of each workload on each system; with
+#                     more than one, the two take turns going first and
+#                     the summary gives medians and each ratio's range
 #   KEEP=1            keep the temporary dir (data and logs) for a post-mortem
 #   RESULTS=FILE      also append every result (one JSON object a line) to FILE
 #
@@ -39,6 +43,8 @@ DEADLINE=${DEADLINE:-60s}
 PAUSE=${PAUSE:-2}
 KEEP=${KEEP:-0}
 RESULTS=${RESULTS:-}
+ROUNDS=${ROUNDS:-1}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "compare-etcd: ROUNDS must be a whole number from 1, not '$ROUNDS'" >&2; exit 2; }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fuddle-vs-etcd.XXXXXX")
@@ -301,30 +307,71 @@ line() {
     ' <<<"$1"
 }
 
-# Runs one workload against etcd, then Fuddle, and prints both and the ratio.
+# a / b as a plain number, or nothing when b is 0.
+quotient() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.4f", a / b }'
+}
+
+# The median of the numbers given (the lower middle one of an even count).
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'
+}
+
+# "min–max" of the numbers given, as ratios.
+spread() {
+    printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f-%.2fx", lo, hi }'
+}
+
+# Runs one workload against etcd and Fuddle, ROUNDS times each, and prints
+# each pair and its ratio. Each ratio compares two adjacent runs; with
+# several rounds, the system that goes first alternates, so that a machine
+# that speeds up or slows down during the run favours neither, and the
+# summary takes medians.
 compare() {
     local title=$1 etcd_endpoints=$2 fuddle_endpoints=$3
     shift 3
-    log ""
-    log "compare-etcd: $title"
-    bench "$WORK/etcd.json" etcd "$etcd_endpoints" "$@"
-    sleep "$PAUSE"
-    bench "$WORK/fuddle.json" fuddle "$fuddle_endpoints" "$@"
-    sleep "$PAUSE"
-    local etcd fuddle
-    etcd=$(cat "$WORK/etcd.json")
-    fuddle=$(cat "$WORK/fuddle.json")
     local rate=.ops_per_s
     [[ $1 == fanout ]] && rate=.deliveries_per_s
+    local round order target
+    local etcd_rates=() fuddle_rates=() speeds=() p99s=()
+    for round in $(seq "$ROUNDS"); do
+        log ""
+        log "compare-etcd: $title (round $round of $ROUNDS)"
+        order=(etcd fuddle)
+        ((round % 2)) || order=(fuddle etcd)
+        for target in "${order[@]}"; do
+            local endpoints=$etcd_endpoints
+            [[ $target == fuddle ]] && endpoints=$fuddle_endpoints
+            bench "$WORK/$target.json" "$target" "$endpoints" "$@"
+            sleep "$PAUSE"
+        done
+        local etcd fuddle
+        etcd=$(cat "$WORK/etcd.json")
+        fuddle=$(cat "$WORK/fuddle.json")
+        local etcd_rate fuddle_rate
+        etcd_rate=$(jq "$rate" <<<"$etcd")
+        fuddle_rate=$(jq "$rate" <<<"$fuddle")
+        etcd_rates+=("$etcd_rate")
+        fuddle_rates+=("$fuddle_rate")
+        speeds+=("$(quotient "$fuddle_rate" "$etcd_rate")")
+        p99s+=("$(quotient "$(jq .latency.p99_ms <<<"$fuddle")" "$(jq .latency.p99_ms <<<"$etcd")")")
+        if ((ROUNDS > 1)); then
+            printf '\n== %s (round %s of %s) ==\n' "$title" "$round" "$ROUNDS"
+        else
+            printf '\n== %s ==\n' "$title"
+        fi
+        printf '  etcd    %s\n' "$(line "$etcd")"
+        printf '  fuddle  %s\n' "$(line "$fuddle")"
+        printf '  fuddle/etcd: throughput %s, p99 latency %s\n' \
+            "$(ratio "$fuddle_rate" "$etcd_rate")" \
+            "$(ratio "$(jq .latency.p99_ms <<<"$fuddle")" "$(jq .latency.p99_ms <<<"$etcd")")"
+    done
     local speed p99
-    speed=$(ratio "$(jq "$rate" <<<"$fuddle")" "$(jq "$rate" <<<"$etcd")")
-    p99=$(ratio "$(jq .latency.p99_ms <<<"$fuddle")" "$(jq .latency.p99_ms <<<"$etcd")")
-    printf '\n== %s ==\n' "$title"
-    printf '  etcd    %s\n' "$(line "$etcd")"
-    printf '  fuddle  %s\n' "$(line "$fuddle")"
-    printf '  fuddle/etcd: throughput %s, p99 latency %s\n' "$speed" "$p99"
-    SUMMARY+=("$(printf '%-44s %12s %12s %9s %9s' "$title" \
-        "$(jq "$rate | round" <<<"$etcd")" "$(jq "$rate | round" <<<"$fuddle")" "$speed" "$p99")")
+    speed=$(median "${speeds[@]}")
+    p99=$(median "${p99s[@]}")
+    SUMMARY+=("$(printf '%-44s %12.0f %12.0f %9s %9s %13s' "$title" \
+        "$(median "${etcd_rates[@]}")" "$(median "${fuddle_rates[@]}")" \
+        "$(ratio "$speed" 1)" "$(ratio "$p99" 1)" "$(spread "${speeds[@]}")")")
 }
 
 join_commas() {
@@ -362,8 +409,12 @@ start_fuddle fuddle1 1
 compare "write, 1 node, 1 client" "${ETCD_ENDPOINTS[0]}" "${FUDDLE_ENDPOINTS[0]}" \
     write --clients 1 --duration "$DURATION" --warmup "$WARMUP"
 
-printf '\n== summary (throughput: ops/s or deliveries/s) ==\n'
-printf '%-44s %12s %12s %9s %9s\n' workload etcd fuddle ratio "p99 ratio"
+if ((ROUNDS > 1)); then
+    printf '\n== summary: medians of %s rounds (throughput: ops/s or deliveries/s) ==\n' "$ROUNDS"
+else
+    printf '\n== summary (throughput: ops/s or deliveries/s) ==\n'
+fi
+printf '%-44s %12s %12s %9s %9s %13s\n' workload etcd fuddle ratio "p99 ratio" "ratio range"
 printf '%s\n' "${SUMMARY[@]}"
 printf '\n== raw results ==\n'
 printf '%s\n' "${RAW[@]}"
