@@ -4,7 +4,9 @@
 //! An append is written as plain sled inserts and made durable with one
 //! flush (`crate::flush`) before openraft is told it is on disk: openraft
 //! hands over every entry it has ready in one call, so many client writes
-//! share one flush (group commit).
+//! share one flush (group commit). The entries appended last also stay
+//! decoded (`crate::recent`), so that openraft's reads of them right after,
+//! to replicate and to apply them, skip sled and the decode.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
