@@ -1,5 +1,6 @@
 //! Where the time of one write goes in the storage layer alone: appending
-//! log entries to sled (with the flush that makes them durable), applying
+//! log entries to sled (with the flush that makes them durable), reading
+//! them back as openraft does to replicate and apply them, applying
 //! them to the registry state alone, and applying them through openraft's
 //! state machine store (the state in memory plus the change feed; since
 //! data dir format 4 it writes nothing to sled).
@@ -14,8 +15,8 @@ use fuddle_storage::{
     Command, DataDir, Entry, FeedConfig, LogStore, MemberSpec, Origin, RegistryState, Request,
     StateMachineStore, open_stores,
 };
-use openraft::EntryPayload;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{EntryPayload, RaftLogReader};
 
 /// Registrations per log entry: one entry carries a batch of client
 /// commands, as the node's proposer builds them under load.
@@ -125,6 +126,39 @@ fn bench_log_append(c: &mut Criterion) {
     group.finish();
 }
 
+/// Reading one entry back: one just appended (openraft reads each entry
+/// once per follower and once to apply it, right after appending it), and
+/// one appended long before, which the log store no longer holds decoded
+/// and reads from sled.
+fn bench_log_read(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut group = c.benchmark_group("log_read");
+    for batch in BATCHES {
+        group.throughput(Throughput::Elements(batch as u64));
+        let (_dir, _data, mut log, _sm) = fresh_stores();
+        // Far more entries than the log store keeps decoded.
+        let count = 1_000;
+        let mut seq = 0;
+        runtime.block_on(async {
+            for e in entries(batch, count, 1, &mut seq) {
+                log.blocking_append([e]).await.unwrap();
+            }
+        });
+        for (name, index) in [("just_appended", count), ("older", 1)] {
+            group.bench_with_input(BenchmarkId::new(name, batch), &index, |b, &index| {
+                b.iter(|| {
+                    let read = runtime
+                        .block_on(log.try_get_log_entries(index..=index))
+                        .unwrap();
+                    assert_eq!(read.len(), 1);
+                    read
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
 fn bench_apply_pure(c: &mut Criterion) {
     let mut group = c.benchmark_group("apply_in_memory");
     for batch in BATCHES {
@@ -183,6 +217,7 @@ fn bench_apply_store(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_log_append,
+    bench_log_read,
     bench_apply_pure,
     bench_apply_store
 );
