@@ -8,7 +8,8 @@
 # Usage: benches/scale.sh   (env: MEMBERS=100000 CLIENTS=64 PORT=27401,
 # NODE_ARGS: more flags for fuddle-node, such as
 # "--snapshot-every-commands 1000000" for a restart that re-applies every
-# registration from the log)
+# registration from the log; NODE: another fuddle-node binary to measure,
+# such as an older build)
 # Needs only the Rust toolchain and python3; binds 127.0.0.1 only; removes
 # what it started and its temp dir when it ends.
 set -euo pipefail
@@ -24,7 +25,7 @@ TRIM_WAIT=21
 cargo build --release -q --bin fuddle-node --bin fuddle-bench
 TARGET=$(cargo metadata --no-deps --format-version 1 |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-NODE=$TARGET/release/fuddle-node
+NODE=${NODE:-$TARGET/release/fuddle-node}
 BENCH=$TARGET/release/fuddle-bench
 
 WORK=$(mktemp -d)

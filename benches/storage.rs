@@ -8,8 +8,6 @@
 //! `cargo bench -p fuddle-benches --bench storage` runs it; add
 //! `-- --quick` for a smoke run.
 
-use std::sync::Arc;
-
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fuddle_storage::{
     Command, DataDir, Entry, FeedConfig, LogStore, MemberSpec, Origin, RegistryState, Request,
@@ -30,14 +28,14 @@ fn register(client: &str, seq: u64, id: usize) -> Command {
             seq,
             ack_below: seq,
         },
-        spec: Arc::new(MemberSpec {
+        spec: MemberSpec {
             id: format!("member-{id}"),
             service: "orders".into(),
             locality: "aws.us-east-1.us-east-1b".into(),
             revision: "v1.4.2".into(),
             created_ms: 1,
             metadata: fuddle_storage::Metadata::from([("payload".to_string(), "x".repeat(240))]),
-        }),
+        },
     }
 }
 

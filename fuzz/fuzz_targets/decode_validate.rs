@@ -79,7 +79,7 @@ fn postcard_round_trip_bytes<T: Serialize + DeserializeOwned>(data: &[u8]) -> Op
 /// A member to match filters against, and to own registrations.
 fn sample_member(spec: MemberSpec) -> Member {
     Member {
-        spec: spec.into(),
+        spec,
         status: MemberStatus::Up,
         client_id: "c-1".into(),
         create_index: 1,
@@ -119,7 +119,7 @@ fn public_requests(data: &[u8], limits: &Limits) {
                             seq: 1,
                             ack_below: 1,
                         },
-                        spec: spec.into(),
+                        spec,
                     }]
                     .into(),
                 };
@@ -140,7 +140,7 @@ fn public_requests(data: &[u8], limits: &Limits) {
             && limits.check_metadata("set", &r.set).is_ok();
         if ok {
             // The merge the service checks against the current member.
-            let mut merged = fixed_member().spec.metadata.clone();
+            let mut merged = fixed_member().spec.metadata;
             merged.extend(r.set.clone());
             for key in &r.remove {
                 merged.remove(key);

@@ -262,11 +262,7 @@ impl RegistryRpc for RegistryService {
             .check_spec(&spec)
             .map_err(NodeError::from)?;
         Ok(Response::new(
-            self.write(Command::Register {
-                origin,
-                spec: spec.into(),
-            })
-            .await?,
+            self.write(Command::Register { origin, spec }).await?,
         ))
     }
 

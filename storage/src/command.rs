@@ -35,9 +35,8 @@ pub enum Command {
     Register {
         /// The writer; its session will own the member.
         origin: Origin,
-        /// The member as the client describes it. Shared with the member
-        /// applying it makes, so that apply copies no string of it.
-        spec: Arc<MemberSpec>,
+        /// The member as the client describes it.
+        spec: MemberSpec,
     },
     /// Set and remove metadata keys of an existing member.
     UpdateMetadata {

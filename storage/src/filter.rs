@@ -94,7 +94,7 @@ mod tests {
 
     fn member(service: &str, locality: &str, meta: &[(&str, &str)]) -> Member {
         Member {
-            spec: std::sync::Arc::new(MemberSpec {
+            spec: MemberSpec {
                 id: "m".into(),
                 service: service.into(),
                 locality: locality.into(),
@@ -103,7 +103,7 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
                 ..MemberSpec::default()
-            }),
+            },
             status: MemberStatus::Up,
             client_id: "c".into(),
             create_index: 1,

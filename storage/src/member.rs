@@ -1,7 +1,5 @@
 //! Members: the running instances of services that the registry holds.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
 use crate::metadata::Metadata;
@@ -47,9 +45,8 @@ pub struct MemberSpec {
 /// A member as the registry holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
-    /// The client-supplied part; shared with the command that wrote it
-    /// (see `Command::Register`), and serialized as a plain value.
-    pub spec: Arc<MemberSpec>,
+    /// The client-supplied part.
+    pub spec: MemberSpec,
     /// Up or down, following the owning session.
     pub status: MemberStatus,
     /// The session that owns the member.

@@ -276,7 +276,7 @@ impl RegistryState {
         &mut self,
         index: u64,
         origin: &Origin,
-        spec: &Arc<MemberSpec>,
+        spec: &MemberSpec,
         rec: &mut Recorder,
     ) -> CommandResult {
         let Some(session) = self.sessions.get(&origin.client_id) else {
@@ -303,7 +303,7 @@ impl RegistryState {
             None => index,
         };
         let member = Arc::new(Member {
-            spec: Arc::clone(spec),
+            spec: spec.clone(),
             status,
             client_id: origin.client_id.clone(),
             create_index,
@@ -357,13 +357,11 @@ impl RegistryState {
         self.check_owner(origin, before)?;
         let before = before.clone();
         let mut after = Member::clone(&before);
-        // The spec is shared with `before`: this copies it once.
-        let spec = Arc::make_mut(&mut after.spec);
         for (key, value) in set {
-            spec.metadata.insert(key.clone(), value.clone());
+            after.spec.metadata.insert(key.clone(), value.clone());
         }
         for key in remove {
-            spec.metadata.remove(key);
+            after.spec.metadata.remove(key);
         }
         after.mod_index = index;
         let after = Arc::new(after);

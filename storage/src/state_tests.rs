@@ -66,7 +66,7 @@ fn spec(id: &str) -> MemberSpec {
 fn register(origin: Origin, id: &str) -> Command {
     Command::Register {
         origin,
-        spec: spec(id).into(),
+        spec: spec(id),
     }
 }
 
@@ -273,7 +273,7 @@ fn register_creates_a_member_owned_by_the_session() {
     ok(&mut state, 1, open("s1"));
     let (outcome, out) = ok(&mut state, 2, register(by("s1"), "m1"));
     let expected = Member {
-        spec: spec("m1").into(),
+        spec: spec("m1"),
         status: MemberStatus::Up,
         client_id: "s1".into(),
         create_index: 2,
@@ -306,11 +306,11 @@ fn register_again_by_the_same_session_replaces_and_keeps_create_index() {
         6,
         Command::Register {
             origin: by("s1"),
-            spec: new_spec.clone().into(),
+            spec: new_spec.clone(),
         },
     );
     let m = member_of(outcome);
-    assert_eq!(*m.spec, new_spec, "the spec is replaced whole");
+    assert_eq!(m.spec, new_spec, "the spec is replaced whole");
     assert_eq!(m.create_index, 2);
     assert_eq!(m.mod_index, 6);
     assert_eq!(m.client_id, "s1");
@@ -449,7 +449,7 @@ fn update_metadata_sets_and_removes_keys() {
     assert_eq!(m.mod_index, 6);
     // Nothing but the metadata and mod_index changes.
     let mut expected = Member::clone(&before);
-    Arc::make_mut(&mut expected.spec).metadata = m.spec.metadata.clone();
+    expected.spec.metadata = m.spec.metadata.clone();
     expected.mod_index = 6;
     assert_eq!(m, expected);
     assert_eq!(*state.members["m1"], m);

@@ -142,14 +142,14 @@ fn origin(client_id: &str, seq: u64) -> Origin {
 fn register(client_id: &str, seq: u64, id: &str) -> Command {
     Command::Register {
         origin: origin(client_id, seq),
-        spec: std::sync::Arc::new(MemberSpec {
+        spec: MemberSpec {
             id: id.into(),
             service: "web".into(),
             locality: "dc1.rack2".into(),
             revision: "v1".into(),
             created_ms: 7,
             metadata: crate::Metadata::from([("zone".into(), "a".into())]),
-        }),
+        },
     }
 }
 
@@ -1252,20 +1252,20 @@ async fn a_purge_cut_short_by_an_install_leaves_no_hole_at_the_next_start() {
 }
 
 /// Entries and members are stored (log, snapshots) and sent to peers in
-/// postcard. Sharing commands and specs (`Arc`) must not change a byte of
-/// that, or a node could not read its own data dir after an upgrade, nor
-/// talk to a peer of the previous release. The bytes below were produced
-/// by the release before the sharing (`Vec<Command>`, a plain `MemberSpec`).
+/// postcard. Sharing a request's commands (`Arc<[Command]>`) must not
+/// change a byte of that, or a node could not read its own data dir after
+/// an upgrade, nor talk to a peer of the previous release. The bytes below
+/// were produced by the release before the sharing (`Vec<Command>`).
 #[test]
-fn entries_and_members_encode_as_before_commands_and_specs_were_shared() {
-    let spec = std::sync::Arc::new(MemberSpec {
+fn entries_and_members_encode_as_before_commands_were_shared() {
+    let spec = MemberSpec {
         id: "m-1".into(),
         service: "web".into(),
         locality: "dc1".into(),
         revision: "v1".into(),
         created_ms: 5,
         metadata: crate::Metadata::from([("k".to_string(), "v".to_string())]),
-    });
+    };
     let entry = Entry {
         log_id: openraft::testing::log_id(2, 1, 7),
         payload: EntryPayload::Normal(Request {
