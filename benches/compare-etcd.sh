@@ -290,11 +290,6 @@ forget() {
     PIDS=("${keep[@]}")
 }
 
-# a / b to two decimals, or n/a.
-ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else printf "n/a" }'
-}
-
 # One result as a line: throughput, latency percentiles, errors.
 line() {
     jq -r '
@@ -312,14 +307,24 @@ quotient() {
     awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.4f", a / b }'
 }
 
-# The median of the numbers given (the lower middle one of an even count).
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'
+# A quotient as a ratio to two decimals, or n/a for none.
+as_ratio() {
+    if [[ -n $1 ]]; then printf '%.2fx' "$1"; else printf 'n/a'; fi
 }
 
-# "min–max" of the numbers given, as ratios.
+# The numbers given, one a line, sorted; empty ones (no quotient) left out.
+sorted() {
+    printf '%s\n' "$@" | { grep -v '^$' || true; } | sort -g
+}
+
+# The median of the numbers given (the lower middle one of an even count).
+median() {
+    sorted "$@" | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'
+}
+
+# "min-max" of the numbers given, as ratios.
 spread() {
-    printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f-%.2fx", lo, hi }'
+    sorted "$@" | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) printf "%.2f-%.2fx", lo, hi; else printf "n/a" }'
 }
 
 # Runs one workload against etcd and Fuddle, ROUNDS times each, and prints
@@ -353,8 +358,11 @@ compare() {
         fuddle_rate=$(jq "$rate" <<<"$fuddle")
         etcd_rates+=("$etcd_rate")
         fuddle_rates+=("$fuddle_rate")
-        speeds+=("$(quotient "$fuddle_rate" "$etcd_rate")")
-        p99s+=("$(quotient "$(jq .latency.p99_ms <<<"$fuddle")" "$(jq .latency.p99_ms <<<"$etcd")")")
+        local speed p99
+        speed=$(quotient "$fuddle_rate" "$etcd_rate")
+        p99=$(quotient "$(jq .latency.p99_ms <<<"$fuddle")" "$(jq .latency.p99_ms <<<"$etcd")")
+        speeds+=("$speed")
+        p99s+=("$p99")
         if ((ROUNDS > 1)); then
             printf '\n== %s (round %s of %s) ==\n' "$title" "$round" "$ROUNDS"
         else
@@ -362,16 +370,12 @@ compare() {
         fi
         printf '  etcd    %s\n' "$(line "$etcd")"
         printf '  fuddle  %s\n' "$(line "$fuddle")"
-        printf '  fuddle/etcd: throughput %s, p99 latency %s\n' \
-            "$(ratio "$fuddle_rate" "$etcd_rate")" \
-            "$(ratio "$(jq .latency.p99_ms <<<"$fuddle")" "$(jq .latency.p99_ms <<<"$etcd")")"
+        printf '  fuddle/etcd: throughput %s, p99 latency %s\n' "$(as_ratio "$speed")" "$(as_ratio "$p99")"
     done
-    local speed p99
-    speed=$(median "${speeds[@]}")
-    p99=$(median "${p99s[@]}")
     SUMMARY+=("$(printf '%-44s %12.0f %12.0f %9s %9s %13s' "$title" \
         "$(median "${etcd_rates[@]}")" "$(median "${fuddle_rates[@]}")" \
-        "$(ratio "$speed" 1)" "$(ratio "$p99" 1)" "$(spread "${speeds[@]}")")")
+        "$(as_ratio "$(median "${speeds[@]}")")" "$(as_ratio "$(median "${p99s[@]}")")" \
+        "$(spread "${speeds[@]}")")")
 }
 
 join_commas() {

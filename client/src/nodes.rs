@@ -175,9 +175,8 @@ pub(crate) fn humanize(duration: Duration) -> String {
 /// concurrent writers (`fuddle-bench write --clients 256`), the nodes spent
 /// 123-171 us of CPU per registration against 135-180 us, and wrote
 /// 8 139-11 495 against 7 692-10 325 registrations/s (four interleaved
-/// pairs). The
-/// endpoint's connect timeout still applies (tonic wraps any connector in
-/// it).
+/// pairs). The endpoint's connect timeout still applies (tonic wraps any
+/// connector in it).
 async fn connect_coalescing(uri: Uri) -> std::io::Result<TokioIo<Coalescing<TcpStream>>> {
     let stream = TcpStream::connect(fuddle_transport::host_and_port(&uri)?).await?;
     stream.set_nodelay(true)?;
