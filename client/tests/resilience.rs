@@ -260,8 +260,10 @@ async fn a_session_write_whose_answer_is_lost_is_applied_once() {
     });
     let m1 = registered.unwrap();
     assert_eq!(client.current_addr(), direct);
-    // Applied once: a second application would have replaced the member at
-    // a later index.
+    // Sent on the session stream first, then as a call once the stream
+    // broke. Applied once: a second application would have replaced the
+    // member at a later index.
+    assert_eq!(cluster.node(0).core.writes.get(), (1, 1));
     assert_eq!(m1.create_index, m1.mod_index);
     assert_eq!(get(&observer, "m1").await.unwrap(), m1);
     // The session's next write is a new seq, applied.
@@ -326,6 +328,19 @@ async fn a_session_heartbeats_and_closes() {
         .await
         .unwrap();
     assert_eq!(m1.status, MemberStatus::Up);
+    // Session writes travel on the session's stream, not as calls of their
+    // own.
+    let m2 = session
+        .register(MemberSpec::new("m2", "svc"))
+        .await
+        .unwrap();
+    session
+        .update_metadata("m2", metadata(&[("k", "v")]), Vec::new())
+        .await
+        .unwrap();
+    session.unregister("m2").await.unwrap();
+    assert!(m2.mod_index > m1.mod_index);
+    assert_eq!(cluster.node(0).core.writes.get(), (0, 4));
     // Silent for one heartbeat timeout the member would go down.
     throughout("m1 up", Duration::from_secs(4), || async {
         get(&client, "m1").await == Some(m1.clone())
@@ -334,6 +349,11 @@ async fn a_session_heartbeats_and_closes() {
     assert_eq!(client.node_status(None).await.unwrap().sessions, 1);
     let closed_at = session.close().await.unwrap();
     assert!(closed_at > m1.mod_index);
+    assert_eq!(
+        cluster.node(0).core.writes.get(),
+        (1, 4),
+        "closing is a call"
+    );
     assert!(get(&client, "m1").await.is_none());
     assert_eq!(client.node_status(None).await.unwrap().sessions, 0);
     cluster.shutdown().await;

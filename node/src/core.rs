@@ -13,6 +13,7 @@ use fuddle_proto::raft::RaftMessage;
 use fuddle_storage::codec::decode;
 
 use crate::config::Config;
+use crate::counters::WriteCounters;
 use crate::error::NodeError;
 use crate::forward::ReadIndexReply;
 use crate::gossip::{Gossip, Liveness};
@@ -47,6 +48,8 @@ pub struct Core {
     pub peers: Arc<Peers>,
     /// Where session heartbeats go.
     pub heartbeats: Heartbeats,
+    /// Writes received, by unary call or session stream, for `/metrics`.
+    pub writes: WriteCounters,
     /// Discovery and liveness of other nodes.
     pub gossip: Arc<Gossip>,
     /// Cancelled when the node shuts down; long-lived streams watch it.

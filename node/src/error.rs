@@ -37,6 +37,11 @@ pub enum NodeError {
     /// The operation did not finish in time.
     #[error("timed out {0}")]
     Timeout(String),
+    /// A session stream already has this many writes waiting for answers.
+    #[error(
+        "write: this session stream already has {0} writes in flight; wait for their answers or use the unary calls"
+    )]
+    TooManyWrites(usize),
     /// This node is shutting down.
     #[error("the node is shutting down; reconnect to another node")]
     ShuttingDown,
@@ -90,6 +95,7 @@ impl NodeError {
             // The write may still be applied: not UNAVAILABLE, which tells
             // a client the request surely was not carried out.
             NodeError::Timeout(_) => Code::DeadlineExceeded,
+            NodeError::TooManyWrites(_) => Code::ResourceExhausted,
             NodeError::Internal(_) => Code::Internal,
         }
     }
@@ -120,6 +126,7 @@ mod tests {
         };
         assert_eq!(NodeError::from(owned).code(), Code::AlreadyExists);
         assert_eq!(NodeError::NoLeader.code(), Code::Unavailable);
+        assert_eq!(NodeError::TooManyWrites(64).code(), Code::ResourceExhausted);
         let not_leader = NodeError::NotLeader {
             leader: Some((7, "10.0.0.1:8220".into())),
         };

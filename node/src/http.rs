@@ -114,6 +114,12 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
         ));
     }
+    let (unary, session_stream) = core.writes.get();
+    let name = "fuddle_writes_received_total";
+    out.push_str(&format!(
+        "# HELP {name} Writes received from clients, by how they came.\n# TYPE {name} counter\n\
+         {name}{{via=\"unary\"}} {unary}\n{name}{{via=\"session_stream\"}} {session_stream}\n"
+    ));
     out
 }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod connections;
 pub mod convert;
 pub mod core;
+pub mod counters;
 pub mod error;
 pub mod forward;
 pub mod gossip;

@@ -12,7 +12,7 @@ use fuddle_storage::{Command, Origin, Outcome};
 use futures::Stream;
 use prost::Message;
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -20,6 +20,10 @@ use crate::convert::{filter_from_pb, matching_members, member_to_pb, spec_from_p
 use crate::core::Core;
 use crate::error::NodeError;
 use crate::subscribe::{self, Subscription};
+
+/// How many writes one session stream may have in flight; more are refused
+/// with `RESOURCE_EXHAUSTED`. The SDK keeps below it.
+pub const MAX_STREAM_WRITES: usize = 64;
 
 /// Shortest progress interval a subscriber may ask for.
 const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -92,12 +96,142 @@ fn new_client_id() -> String {
     format!("c-{n:016x}")
 }
 
-impl RegistryService {
-    async fn write(&self, command: Command) -> Result<pb::WriteResponse, NodeError> {
-        let (result, index) = self.core.propose(command).await?;
-        Ok(write_response(result?, index))
-    }
+/// Proposes a write and answers with what it did.
+async fn write(core: &Core, command: Command) -> Result<pb::WriteResponse, NodeError> {
+    let (result, index) = core.propose(command).await?;
+    Ok(write_response(result?, index))
+}
 
+/// The command a `RegisterRequest` asks for, once its fields pass the
+/// node's limits.
+fn register_command(core: &Core, request: pb::RegisterRequest) -> Result<Command, NodeError> {
+    let origin = origin_from_pb(request.origin, core)?;
+    if origin.client_id.is_empty() {
+        return Err(NodeError::BadRequest(
+            "origin.client_id: a member must be registered by a session; open one first".into(),
+        ));
+    }
+    let member = request
+        .member
+        .ok_or_else(|| NodeError::BadRequest("member: missing".into()))?;
+    let spec = spec_from_pb(member);
+    core.config.limits.check_spec(&spec)?;
+    Ok(Command::Register { origin, spec })
+}
+
+/// The command an `UpdateMetadataRequest` asks for, once its fields and
+/// the merged metadata pass the node's limits.
+fn update_metadata_command(
+    core: &Core,
+    request: pb::UpdateMetadataRequest,
+) -> Result<Command, NodeError> {
+    let limits = &core.config.limits;
+    let origin = origin_from_pb(request.origin, core)?;
+    limits.check_id("id", &request.id)?;
+    for key in &request.remove {
+        limits.check_metadata_key("remove", key)?;
+    }
+    limits.check_metadata("set", &request.set)?;
+    // The merged map must fit the limits too. This checks against the
+    // state at proposal time: concurrent updates of one member could
+    // together pass a little over, which apply (having no limits, so
+    // that every node applies alike) tolerates.
+    let merged = {
+        let applied = core.registry.read();
+        applied.state.members.get(&request.id).map(|m| {
+            let mut merged = m.spec.metadata.clone();
+            merged.extend(request.set.clone());
+            for key in &request.remove {
+                merged.remove(key);
+            }
+            merged
+        })
+    };
+    if let Some(merged) = merged {
+        limits.check_metadata("metadata", &merged)?;
+    }
+    Ok(Command::UpdateMetadata {
+        origin,
+        id: request.id,
+        set: request.set,
+        remove: request.remove,
+    })
+}
+
+/// The command an `UnregisterRequest` asks for.
+fn unregister_command(core: &Core, request: pb::UnregisterRequest) -> Result<Command, NodeError> {
+    let origin = origin_from_pb(request.origin, core)?;
+    core.config.limits.check_id("id", &request.id)?;
+    Ok(Command::Unregister {
+        origin,
+        id: request.id,
+    })
+}
+
+/// Carries out a write received on the stream of session `client_id`. The
+/// origin may leave the session out but must not name another one: a
+/// stream's writes are its session's.
+async fn stream_write(
+    core: &Core,
+    client_id: &str,
+    write: pb::session_write::Kind,
+) -> Result<pb::WriteResponse, NodeError> {
+    use pb::session_write::Kind;
+    let origin = match &write {
+        Kind::Register(r) => &r.origin,
+        Kind::UpdateMetadata(r) => &r.origin,
+        Kind::Unregister(r) => &r.origin,
+    };
+    let named = origin.as_ref().map_or("", |o| o.client_id.as_str());
+    if !named.is_empty() && named != client_id {
+        return Err(NodeError::BadRequest(format!(
+            "origin.client_id: {named:?} is not this stream's session {client_id:?}; a session stream carries only its own session's writes"
+        )));
+    }
+    let with_session = |origin: Option<pb::WriteOrigin>| {
+        let mut origin = origin.unwrap_or_default();
+        origin.client_id = client_id.to_owned();
+        Some(origin)
+    };
+    let command = match write {
+        Kind::Register(mut r) => {
+            r.origin = with_session(r.origin);
+            register_command(core, r)?
+        }
+        Kind::UpdateMetadata(mut r) => {
+            r.origin = with_session(r.origin);
+            update_metadata_command(core, r)?
+        }
+        Kind::Unregister(mut r) => {
+            r.origin = with_session(r.origin);
+            unregister_command(core, r)?
+        }
+    };
+    self::write(core, command).await
+}
+
+/// The `WriteResult` message answering write `id`.
+fn write_result(id: u64, result: Result<pb::WriteResponse, NodeError>) -> pb::SessionResponse {
+    use pb::write_result::Kind;
+    let kind = match result {
+        Ok(response) => Kind::Ok(response),
+        Err(err) => {
+            let status = Status::from(err);
+            Kind::Error(pb::WriteError {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            })
+        }
+    };
+    pb::SessionResponse {
+        kind: Some(pb::session_response::Kind::Written(pb::WriteResult {
+            id,
+            kind: Some(kind),
+        })),
+    }
+}
+
+impl RegistryService {
     async fn open_session(&self, open: pb::OpenSession) -> Result<pb::SessionOpened, NodeError> {
         let s = &self.core.config.sessions;
         let heartbeat_timeout_ms = timeout_ms(
@@ -146,6 +280,7 @@ impl RegistryService {
                 reconnect_timeout_ms,
                 resumed,
                 index,
+                stream_writes: true,
             }),
             other => Err(NodeError::Internal(format!(
                 "open session answered {other:?}"
@@ -177,7 +312,10 @@ impl RegistryRpc for RegistryService {
         let opened = self.open_session(open).await?;
         let client_id = opened.client_id.clone();
         let index = opened.index;
-        let (tx, rx) = mpsc::channel(16);
+        // Room for every write in flight to answer without waiting, and
+        // for the heartbeat acks between them.
+        let (tx, rx) = mpsc::channel(MAX_STREAM_WRITES + 16);
+        let in_flight = Arc::new(Semaphore::new(MAX_STREAM_WRITES));
         let _ = tx
             .send(Ok(pb::SessionResponse {
                 kind: Some(Out::Opened(opened)),
@@ -223,10 +361,38 @@ impl RegistryRpc for RegistryService {
                             return;
                         }
                     }
+                    Ok(Some(pb::SessionRequest {
+                        kind: Some(In::Write(write)),
+                    })) => {
+                        core.writes.session_stream();
+                        let id = write.id;
+                        let Some(kind) = write.kind else {
+                            let missing = NodeError::BadRequest("write.kind: missing".into());
+                            if tx.send(Ok(write_result(id, Err(missing)))).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        };
+                        // Refused rather than waited for: a reader that
+                        // waited would stop reading the session's heartbeats.
+                        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                            let busy = NodeError::TooManyWrites(MAX_STREAM_WRITES);
+                            if tx.send(Ok(write_result(id, Err(busy)))).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        };
+                        let (core, tx, client_id) = (core.clone(), tx.clone(), client_id.clone());
+                        tokio::spawn(async move {
+                            let result = stream_write(&core, &client_id, kind).await;
+                            let _ = tx.send(Ok(write_result(id, result))).await;
+                            drop(permit);
+                        });
+                    }
                     Ok(Some(_)) => {
                         let _ = tx
                             .send(Err(Status::invalid_argument(
-                                "after `open`, a session stream carries only heartbeats",
+                                "after `open`, a session stream carries only heartbeats and writes",
                             )))
                             .await;
                         return;
@@ -244,113 +410,44 @@ impl RegistryRpc for RegistryService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let request = request.into_inner();
-        let origin = origin_from_pb(request.origin, &self.core)?;
-        if origin.client_id.is_empty() {
-            return Err(NodeError::BadRequest(
-                "origin.client_id: a member must be registered by a session; open one first".into(),
-            )
-            .into());
-        }
-        let member = request
-            .member
-            .ok_or_else(|| NodeError::BadRequest("member: missing".into()))?;
-        let spec = spec_from_pb(member);
-        self.core
-            .config
-            .limits
-            .check_spec(&spec)
-            .map_err(NodeError::from)?;
-        Ok(Response::new(
-            self.write(Command::Register { origin, spec }).await?,
-        ))
+        self.core.writes.unary();
+        let command = register_command(&self.core, request.into_inner())?;
+        Ok(Response::new(write(&self.core, command).await?))
     }
 
     async fn update_metadata(
         &self,
         request: Request<pb::UpdateMetadataRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let request = request.into_inner();
-        let limits = &self.core.config.limits;
-        let origin = origin_from_pb(request.origin, &self.core)?;
-        limits
-            .check_id("id", &request.id)
-            .map_err(NodeError::from)?;
-        for key in &request.remove {
-            limits
-                .check_metadata_key("remove", key)
-                .map_err(NodeError::from)?;
-        }
-        limits
-            .check_metadata("set", &request.set)
-            .map_err(NodeError::from)?;
-        // The merged map must fit the limits too. This checks against the
-        // state at proposal time: concurrent updates of one member could
-        // together pass a little over, which apply (having no limits, so
-        // that every node applies alike) tolerates.
-        let merged = {
-            let applied = self.core.registry.read();
-            applied.state.members.get(&request.id).map(|m| {
-                let mut merged = m.spec.metadata.clone();
-                merged.extend(request.set.clone());
-                for key in &request.remove {
-                    merged.remove(key);
-                }
-                merged
-            })
-        };
-        if let Some(merged) = merged {
-            limits
-                .check_metadata("metadata", &merged)
-                .map_err(NodeError::from)?;
-        }
-        Ok(Response::new(
-            self.write(Command::UpdateMetadata {
-                origin,
-                id: request.id,
-                set: request.set,
-                remove: request.remove,
-            })
-            .await?,
-        ))
+        self.core.writes.unary();
+        let command = update_metadata_command(&self.core, request.into_inner())?;
+        Ok(Response::new(write(&self.core, command).await?))
     }
 
     async fn unregister(
         &self,
         request: Request<pb::UnregisterRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let request = request.into_inner();
-        let origin = origin_from_pb(request.origin, &self.core)?;
-        self.core
-            .config
-            .limits
-            .check_id("id", &request.id)
-            .map_err(NodeError::from)?;
-        Ok(Response::new(
-            self.write(Command::Unregister {
-                origin,
-                id: request.id,
-            })
-            .await?,
-        ))
+        self.core.writes.unary();
+        let command = unregister_command(&self.core, request.into_inner())?;
+        Ok(Response::new(write(&self.core, command).await?))
     }
 
     async fn close_session(
         &self,
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        self.core.writes.unary();
         let request = request.into_inner();
         self.core
             .config
             .limits
             .check_client_id("client_id", &request.client_id)
             .map_err(NodeError::from)?;
-        Ok(Response::new(
-            self.write(Command::CloseSession {
-                client_id: request.client_id,
-            })
-            .await?,
-        ))
+        let command = Command::CloseSession {
+            client_id: request.client_id,
+        };
+        Ok(Response::new(write(&self.core, command).await?))
     }
 
     async fn get_member(

@@ -394,6 +394,7 @@ impl Node {
             proposer: proposer.clone(),
             peers: peers.clone(),
             heartbeats: heartbeats.clone(),
+            writes: Default::default(),
             gossip: gossip.clone(),
             shutdown: shutdown.clone(),
             started,

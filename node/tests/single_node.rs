@@ -519,3 +519,328 @@ async fn register_many(c: &RegistryClient<Channel>, s: &TestSession, count: u64,
         "every registration succeeds"
     );
 }
+
+/// A session stream that also carries writes: requests go out through
+/// `tx`, answers come back on `responses` (with room for a burst).
+struct WriteStream {
+    client_id: String,
+    tx: mpsc::Sender<pb::SessionRequest>,
+    responses: tonic::Streaming<pb::SessionResponse>,
+}
+
+impl WriteStream {
+    async fn open(c: &mut RegistryClient<Channel>) -> WriteStream {
+        let (tx, rx) = mpsc::channel(512);
+        tx.send(pb::SessionRequest {
+            kind: Some(pb::session_request::Kind::Open(pb::OpenSession::default())),
+        })
+        .await
+        .unwrap();
+        let mut responses = c
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = next_session_message(&mut responses).await;
+        let Some(pb::session_response::Kind::Opened(opened)) = first.kind else {
+            panic!("expected opened, got {first:?}");
+        };
+        assert!(opened.stream_writes, "this node takes writes on the stream");
+        WriteStream {
+            client_id: opened.client_id,
+            tx,
+            responses,
+        }
+    }
+
+    async fn send(&self, id: u64, kind: Option<pb::session_write::Kind>) {
+        let write = pb::SessionWrite { id, kind };
+        self.tx
+            .send(pb::SessionRequest {
+                kind: Some(pb::session_request::Kind::Write(write)),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The next write result (heartbeat acks are skipped).
+    async fn result(&mut self) -> (u64, Result<pb::WriteResponse, tonic::Status>) {
+        loop {
+            let message = next_session_message(&mut self.responses).await;
+            match message.kind {
+                Some(pb::session_response::Kind::Written(pb::WriteResult { id, kind })) => {
+                    let result = match kind.expect("a result says how the write went") {
+                        pb::write_result::Kind::Ok(response) => Ok(response),
+                        pb::write_result::Kind::Error(e) => {
+                            Err(tonic::Status::new(tonic::Code::from(e.code), e.message))
+                        }
+                    };
+                    return (id, result);
+                }
+                Some(pb::session_response::Kind::Ack(_)) => continue,
+                other => panic!("unexpected session message {other:?}"),
+            }
+        }
+    }
+
+    /// Writes `write` as `id` and waits for its answer.
+    async fn write(
+        &mut self,
+        id: u64,
+        write: pb::session_write::Kind,
+    ) -> Result<pb::WriteResponse, tonic::Status> {
+        self.send(id, Some(write)).await;
+        let (answered, result) = self.result().await;
+        assert_eq!(answered, id);
+        result
+    }
+
+    async fn heartbeat_is_acked(&mut self) {
+        self.tx
+            .send(pb::SessionRequest {
+                kind: Some(pb::session_request::Kind::Heartbeat(pb::Heartbeat {})),
+            })
+            .await
+            .unwrap();
+        let message = next_session_message(&mut self.responses).await;
+        assert!(
+            matches!(message.kind, Some(pb::session_response::Kind::Ack(_))),
+            "{message:?}"
+        );
+    }
+}
+
+async fn next_session_message(
+    responses: &mut tonic::Streaming<pb::SessionResponse>,
+) -> pb::SessionResponse {
+    tokio::time::timeout(DEADLINE, responses.next())
+        .await
+        .expect("a session message in time")
+        .expect("the session stream goes on")
+        .expect("the session stream does not fail")
+}
+
+fn stream_origin(seq: u64) -> Option<pb::WriteOrigin> {
+    // The stream's session is meant when the origin names none.
+    Some(pb::WriteOrigin {
+        client_id: String::new(),
+        seq,
+        ack_below: 0,
+    })
+}
+
+fn register_write(seq: u64, m: pb::Member) -> pb::session_write::Kind {
+    pb::session_write::Kind::Register(pb::RegisterRequest {
+        origin: stream_origin(seq),
+        member: Some(m),
+    })
+}
+
+#[tokio::test]
+async fn writes_on_the_session_stream_are_answered_by_id_and_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let mut c = client(&node).await;
+    ready(&mut c).await;
+    let mut s = WriteStream::open(&mut c).await;
+
+    let registered = s.write(7, register_write(1, member("w-1", "svc"))).await;
+    let m = registered.unwrap().member.unwrap();
+    assert_eq!(m.client_id, s.client_id, "owned by the stream's session");
+    let updated = s
+        .write(
+            8,
+            pb::session_write::Kind::UpdateMetadata(pb::UpdateMetadataRequest {
+                origin: stream_origin(2),
+                id: "w-1".into(),
+                set: BTreeMap::from([("zone".into(), "b".into())]),
+                remove: vec!["k".into()],
+            }),
+        )
+        .await
+        .unwrap()
+        .member
+        .unwrap();
+    assert_eq!(
+        updated.metadata,
+        BTreeMap::from([("zone".into(), "b".into())])
+    );
+
+    // The same seq sent again as a unary call gets the stored answer: a
+    // write that went both ways is applied once.
+    let again = c
+        .update_metadata(pb::UpdateMetadataRequest {
+            origin: Some(pb::WriteOrigin {
+                client_id: s.client_id.clone(),
+                seq: 2,
+                ack_below: 0,
+            }),
+            id: "w-1".into(),
+            set: BTreeMap::from([("zone".into(), "c".into())]),
+            remove: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.member.unwrap(), updated);
+
+    // Many writes in flight at once: each answered once, under its id.
+    for seq in 3..23 {
+        s.send(
+            seq * 10,
+            Some(register_write(seq, member(&format!("p-{seq}"), "svc"))),
+        )
+        .await;
+    }
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 3..23 {
+        let (id, result) = s.result().await;
+        result.unwrap();
+        assert!(answered.insert(id), "write {id} answered twice");
+    }
+    assert_eq!(answered, (3..23).map(|seq| seq * 10).collect());
+
+    let removed = s
+        .write(
+            9,
+            pb::session_write::Kind::Unregister(pb::UnregisterRequest {
+                origin: stream_origin(23),
+                id: "w-1".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(removed.member.is_none());
+    let listed = list(&mut c).await;
+    assert_eq!(listed.members.len(), 20);
+    assert!(listed.members.iter().all(|m| m.id.starts_with("p-")));
+    // 23 writes on the stream, one unary call.
+    assert_eq!(node.core.writes.get(), (1, 23));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_write_on_the_session_stream_is_answered_with_an_error_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let mut c = client(&node).await;
+    ready(&mut c).await;
+    let mut s = WriteStream::open(&mut c).await;
+    let other = open_session(&mut c, 10_000, 60_000).await;
+
+    let bad = [
+        (register_write(1, member("bad id", "svc")), "member.id"),
+        (register_write(2, member("ok", "")), "member.service"),
+        (
+            pb::session_write::Kind::Register(pb::RegisterRequest {
+                origin: stream_origin(3),
+                member: None,
+            }),
+            "member: missing",
+        ),
+        (
+            pb::session_write::Kind::Register(pb::RegisterRequest {
+                origin: Some(pb::WriteOrigin {
+                    client_id: other.client_id.clone(),
+                    seq: 4,
+                    ack_below: 0,
+                }),
+                member: Some(member("ok", "svc")),
+            }),
+            "origin.client_id",
+        ),
+        (
+            pb::session_write::Kind::UpdateMetadata(pb::UpdateMetadataRequest {
+                origin: stream_origin(5),
+                id: "ok".into(),
+                set: BTreeMap::from([("k".into(), "x".repeat(5000))]),
+                remove: vec![],
+            }),
+            "4096",
+        ),
+    ];
+    for (id, (write, field)) in (1..).zip(bad) {
+        let err = s.write(id, write).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(field), "{}", err.message());
+        // Still the session's stream: heartbeats go on being acknowledged.
+        s.heartbeat_is_acked().await;
+    }
+    s.send(40, None).await;
+    let (id, result) = s.result().await;
+    assert_eq!(id, 40);
+    let err = result.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("write.kind"), "{}", err.message());
+
+    // Refusals from applying come back the same way.
+    let err = s
+        .write(
+            41,
+            pb::session_write::Kind::Unregister(pb::UnregisterRequest {
+                origin: stream_origin(6),
+                id: "nobody".into(),
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    // A member another session owns stays its own.
+    c.register(pb::RegisterRequest {
+        origin: origin(&other, 1),
+        member: Some(member("theirs", "svc")),
+    })
+    .await
+    .unwrap();
+    let err = s
+        .write(42, register_write(7, member("theirs", "svc")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    s.write(43, register_write(8, member("mine", "svc")))
+        .await
+        .unwrap();
+    let listed = list(&mut c).await;
+    let ids: Vec<_> = listed.members.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["mine", "theirs"]);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_stream_limit_is_refused_write_by_write_never_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let mut c = client(&node).await;
+    ready(&mut c).await;
+    let mut s = WriteStream::open(&mut c).await;
+    let burst = 4 * fuddle_node::registry_service::MAX_STREAM_WRITES as u64;
+    for seq in 1..=burst {
+        s.send(
+            seq,
+            Some(register_write(seq, member(&format!("b-{seq:03}"), "svc"))),
+        )
+        .await;
+    }
+    let (mut applied, mut refused) = (std::collections::BTreeSet::new(), 0);
+    for _ in 0..burst {
+        let (id, result) = s.result().await;
+        match result {
+            Ok(response) => {
+                assert!(applied.insert(response.member.unwrap().id), "{id} twice");
+            }
+            Err(err) => {
+                assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+                assert!(err.message().contains("in flight"), "{}", err.message());
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(applied.len() + refused, burst as usize);
+    // What was applied is exactly what was answered as applied.
+    let listed = list(&mut c).await;
+    let ids: std::collections::BTreeSet<_> = listed.members.into_iter().map(|m| m.id).collect();
+    assert_eq!(ids, applied);
+    // The stream still serves the session.
+    s.heartbeat_is_acked().await;
+    node.shutdown().await;
+}

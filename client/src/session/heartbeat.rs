@@ -2,7 +2,6 @@
 //! and, after an expiry, re-registration.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use backon::BackoffBuilder;
 use fuddle_proto::registry as proto;
@@ -25,7 +24,8 @@ pub(crate) async fn run(client: Client, shared: Arc<Shared>, mut stream: Session
     // Held so that a re-registration in progress stops with this task.
     let mut _reregistering: Option<AbortOnDrop> = None;
     loop {
-        let reason = keep_alive(&mut stream, shared.heartbeat_interval()).await;
+        let reason = keep_alive(&mut stream, &shared).await;
+        shared.writes.detach();
         if shared.is_closing() {
             return;
         }
@@ -39,6 +39,7 @@ pub(crate) async fn run(client: Client, shared: Arc<Shared>, mut stream: Session
             return;
         };
         stream = new_stream;
+        shared.writes.attach_if(&opened, &stream.requests);
         let resumed = opened.resumed;
         shared.opened(&opened);
         let addr = &client.nodes().get(stream.node).addr;
@@ -57,9 +58,11 @@ pub(crate) async fn run(client: Client, shared: Arc<Shared>, mut stream: Session
     }
 }
 
-/// Sends a heartbeat every `interval` and reads the acks; returns why the
-/// stream is no longer usable.
-async fn keep_alive(stream: &mut SessionStream, interval: Duration) -> String {
+/// Sends a heartbeat every heartbeat interval, reads the acks and hands
+/// write results to their writers; returns why the stream is no longer
+/// usable.
+async fn keep_alive(stream: &mut SessionStream, shared: &Shared) -> String {
+    let interval = shared.heartbeat_interval();
     // Two intervals without any ack means heartbeats are not getting
     // through, while there is still a third of the timeout left to
     // reconnect before the node marks the session down.
@@ -87,6 +90,9 @@ async fn keep_alive(stream: &mut SessionStream, interval: Duration) -> String {
             message = stream.responses.next() => match message {
                 Some(Ok(proto::SessionResponse { kind: Some(session_response::Kind::Ack(_)) })) => {
                     last_ack = Instant::now();
+                }
+                Some(Ok(proto::SessionResponse { kind: Some(session_response::Kind::Written(result)) })) => {
+                    shared.writes.answer(result);
                 }
                 Some(Ok(other)) => tracing::debug!(?other, "unexpected message on the session stream"),
                 Some(Err(status)) => return stream_failure(status),

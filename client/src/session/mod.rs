@@ -3,17 +3,16 @@
 mod heartbeat;
 mod open;
 mod seq;
+mod writes;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuddle_proto::registry as proto;
-use fuddle_proto::registry::registry_client::RegistryClient;
-use tonic::transport::Channel;
-use tonic::{Response, Status};
+use fuddle_proto::registry::session_write::Kind as Write;
+use tonic::{Code, Response, Status};
 
 use crate::client::{Client, written_member};
 use crate::error::Error;
@@ -21,6 +20,7 @@ use crate::member::{Member, MemberSpec};
 use crate::retry::Retry;
 use crate::task::AbortOnDrop;
 use seq::SeqTracker;
+use writes::{Answer, StreamWrites};
 
 /// The heartbeat timeout assumed when a node grants 0 (which it should not).
 const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,6 +70,8 @@ struct Shared {
     /// Set once the application closes the session, so that the heartbeat
     /// task lets the stream end instead of opening the session again.
     closing: AtomicBool,
+    /// Writes on the session stream, the fast path of every write.
+    writes: StreamWrites,
 }
 
 #[derive(Debug, Clone)]
@@ -90,7 +92,9 @@ impl Client {
             seqs: Mutex::new(SeqTracker::default()),
             specs: Mutex::new(BTreeMap::new()),
             closing: AtomicBool::new(false),
+            writes: StreamWrites::default(),
         });
+        shared.writes.attach_if(&opened, &stream.requests);
         let heartbeat = AbortOnDrop::spawn(heartbeat::run(self.clone(), shared.clone(), stream));
         Ok(Session {
             client: self.clone(),
@@ -151,12 +155,11 @@ impl Session {
         };
         let response = self
             .shared
-            .write(&self.client, |mut rpc, origin| {
-                let request = proto::UpdateMetadataRequest {
+            .write(&self.client, |origin| {
+                Write::UpdateMetadata(proto::UpdateMetadataRequest {
                     origin: Some(origin),
                     ..request.clone()
-                };
-                async move { rpc.update_metadata(request).await.map(Response::into_inner) }
+                })
             })
             .await?;
         let member = written_member(response)?;
@@ -173,12 +176,11 @@ impl Session {
         let spec = self.shared.specs.lock().expect("session lock").remove(id);
         let result = self
             .shared
-            .write(&self.client, |mut rpc, origin| {
-                let request = proto::UnregisterRequest {
+            .write(&self.client, |origin| {
+                Write::Unregister(proto::UnregisterRequest {
                     origin: Some(origin),
                     id: id.to_owned(),
-                };
-                async move { rpc.unregister(request).await.map(Response::into_inner) }
+                })
             })
             .await;
         match result {
@@ -261,34 +263,67 @@ impl Shared {
     async fn register(&self, client: &Client, spec: &MemberSpec) -> Result<Member, Error> {
         let member = proto::Member::from(spec);
         let response = self
-            .write(client, |mut rpc, origin| {
-                let request = proto::RegisterRequest {
+            .write(client, |origin| {
+                Write::Register(proto::RegisterRequest {
                     origin: Some(origin),
                     member: Some(member.clone()),
-                };
-                async move { rpc.register(request).await.map(Response::into_inner) }
+                })
             })
             .await?;
         written_member(response)
     }
 
-    /// Sends a write with the session's origin. Every attempt carries the
+    /// Sends a write with the session's origin: on the session stream if
+    /// it is up, else (or if its answer does not come back there) as a
+    /// unary call that fails over between nodes. Every attempt carries the
     /// same seq, so the node applies the write once however often a lost
     /// answer makes the client send it.
-    async fn write<T, F, Fut>(&self, client: &Client, mut attempt: F) -> Result<T, Error>
+    async fn write<F>(&self, client: &Client, make: F) -> Result<proto::WriteResponse, Error>
     where
-        F: FnMut(RegistryClient<Channel>, proto::WriteOrigin) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
+        F: Fn(proto::WriteOrigin) -> Write,
     {
         let in_flight = InFlight::begin(&self.seqs);
+        let origin = || proto::WriteOrigin {
+            client_id: self.client_id(),
+            seq: in_flight.seq,
+            ack_below: self.seqs.lock().expect("session lock").ack_below(),
+        };
+        if let Some(mut pending) = self.writes.send(in_flight.seq, make(origin())) {
+            let timeout = client.options().request_timeout;
+            match tokio::time::timeout(timeout, pending.answer()).await {
+                Ok(Some(Answer::Ok(response))) => return Ok(response),
+                Ok(Some(Answer::Error(error))) => {
+                    let status = Status::new(Code::from(error.code), error.message);
+                    // A node that refused the write did not apply it, and
+                    // one that gave up waiting for the commit may have: in
+                    // both cases the unary call below tries again, on
+                    // another node if need be. Anything else is the answer.
+                    if !matches!(
+                        status.code(),
+                        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
+                    ) {
+                        return Err(Error::from(status));
+                    }
+                    tracing::debug!(%status, "session stream write refused; sending it as a call");
+                }
+                // The stream broke, or the answer is late: whether the
+                // write was applied is open, and the same seq settles it.
+                Ok(None) | Err(_) => {
+                    tracing::debug!("no answer on the session stream; sending the write as a call");
+                }
+            }
+        }
         let (answer, _) = client
-            .call(Retry::Always, |rpc| {
-                let origin = proto::WriteOrigin {
-                    client_id: self.client_id(),
-                    seq: in_flight.seq,
-                    ack_below: self.seqs.lock().expect("session lock").ack_below(),
-                };
-                attempt(rpc, origin)
+            .call(Retry::Always, |mut rpc| {
+                let write = make(origin());
+                async move {
+                    let response = match write {
+                        Write::Register(r) => rpc.register(r).await,
+                        Write::UpdateMetadata(r) => rpc.update_metadata(r).await,
+                        Write::Unregister(r) => rpc.unregister(r).await,
+                    };
+                    response.map(Response::into_inner)
+                }
             })
             .await?;
         Ok(answer)

@@ -9,12 +9,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::SessionOptions;
+use super::writes::REQUEST_QUEUE;
 use crate::client::Client;
 use crate::error::Error;
 use crate::retry::Retry;
 
-/// An open session stream: heartbeats go out through `requests`, acks come
-/// back on `responses`.
+/// An open session stream: heartbeats and writes go out through
+/// `requests`, acks and write results come back on `responses`.
 pub(crate) struct SessionStream {
     pub(crate) requests: mpsc::Sender<proto::SessionRequest>,
     pub(crate) responses: Streaming<proto::SessionResponse>,
@@ -41,7 +42,7 @@ pub(crate) async fn open_stream(
         .call(Retry::Always, |mut rpc| {
             let open = open.clone();
             async move {
-                let (requests, outgoing) = mpsc::channel(4);
+                let (requests, outgoing) = mpsc::channel(REQUEST_QUEUE);
                 let first = proto::SessionRequest {
                     kind: Some(session_request::Kind::Open(open)),
                 };
