@@ -229,6 +229,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_whose_outcome_was_left_open_is_not_reported_as_refused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let options = ClientOptions {
+            retry_deadline: Duration::from_millis(200),
+            ..ClientOptions::default()
+        };
+        let client = Client {
+            inner: Arc::new(Inner {
+                nodes: Nodes::new(vec![addr], &options).unwrap(),
+                options,
+            }),
+        };
+        let attempt = |_| async { Ok(()) };
+        // Nothing could be sent: surely not carried out.
+        let err = client
+            .call(
+                Retry::Write {
+                    outcome_open: false,
+                },
+                attempt,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
+        // An attempt before this call (on the session stream) may have
+        // been: the refusal of the last one does not settle it.
+        let err = client
+            .call(Retry::Write { outcome_open: true }, attempt)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Timeout(m) if m.contains("outcome is unknown") && m.contains("connection refused")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_malformed_address_is_refused_before_connecting() {
         let err = Client::connect(["no-port"]).await.unwrap_err();
         assert!(matches!(err, Error::InvalidAddress { .. }), "{err}");

@@ -24,9 +24,15 @@ const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// whether it took effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Retry {
-    /// Repeating is harmless: reads, idempotent writes, and session writes
-    /// (the node applies a `(client_id, seq)` once).
+    /// Repeating is harmless: reads and idempotent writes.
     Always,
+    /// A write the node applies once however often it is sent (a session
+    /// write: `(client_id, seq)`). Repeated like `Always`; but once an
+    /// attempt left the outcome open (`outcome_open` says whether one
+    /// made before this call did), a later refusal cannot say that the
+    /// write was not carried out, so giving up then reports
+    /// [`Error::Timeout`] instead.
+    Write { outcome_open: bool },
     /// Repeat only when the request surely did not take effect: it could
     /// not be sent, or a node refused it with `UNAVAILABLE`.
     IfNotApplied,
@@ -68,6 +74,15 @@ impl Client {
             .with_total_delay(Some(options.retry_deadline))
             .build();
         let (mut tried, mut unreachable, mut unreachable_rounds) = (0, 0, 0);
+        let mut outcome_open = matches!(retry, Retry::Write { outcome_open: true });
+        // What the call reports when it gives up after `err`, which
+        // `refused` says surely left the request undone.
+        let give_up = |err: Error, refused: bool, outcome_open: bool| match retry {
+            Retry::Write { .. } if refused && outcome_open => Error::Timeout(format!(
+                "the write's outcome is unknown: an earlier attempt got no answer, and the last one failed ({err})"
+            )),
+            _ => err,
+        };
         loop {
             let index = nodes.current();
             let node = nodes.get(index);
@@ -90,17 +105,20 @@ impl Client {
                     }
                 }
             };
-            let (err, again) = match failure {
+            let (err, again, refused) = match failure {
                 Failure::NotSent(err) => {
                     unreachable += 1;
-                    (err, true)
+                    (err, true, true)
                 }
-                Failure::Refused(err) => (err, true),
-                Failure::Unknown(err) => (err, retry == Retry::Always),
-                Failure::Final(err) => (err, false),
+                Failure::Refused(err) => (err, true, true),
+                Failure::Unknown(err) => {
+                    outcome_open = true;
+                    (err, retry != Retry::IfNotApplied, false)
+                }
+                Failure::Final(err) => (err, false, false),
             };
             if !again || started.elapsed() >= options.retry_deadline {
-                return Err(err);
+                return Err(give_up(err, refused, outcome_open));
             }
             tracing::debug!(addr = %node.addr, error = %err, "call failed; trying the next node");
             nodes.advance_from(index);
@@ -113,7 +131,7 @@ impl Client {
             if unreachable == tried {
                 unreachable_rounds += 1;
                 if unreachable_rounds >= options.unreachable_rounds {
-                    return Err(err);
+                    return Err(give_up(err, refused, outcome_open));
                 }
             } else {
                 unreachable_rounds = 0;
@@ -124,7 +142,7 @@ impl Client {
                     let left = options.retry_deadline.saturating_sub(started.elapsed());
                     tokio::time::sleep(pause.min(left)).await;
                 }
-                None => return Err(err),
+                None => return Err(give_up(err, refused, outcome_open)),
             }
         }
     }

@@ -112,7 +112,10 @@ impl Outcome {
 
 /// How an SDK error reads for the history. The clients of the fault
 /// scenarios make a single attempt per call (`retry_deadline` zero), so
-/// the error is that of the one attempt:
+/// the error is that of the one attempt. (A session write may make two:
+/// on the session stream, then as a call. When the first left the outcome
+/// open, the SDK reports a refused second one as a timeout, so the rules
+/// below still hold.)
 ///
 /// - `UNAVAILABLE` (no leader, no quorum, not the leader, shutting down,
 ///   behind), `INVALID_ARGUMENT`, `ALREADY_EXISTS`: a node refused the

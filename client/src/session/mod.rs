@@ -288,6 +288,8 @@ impl Shared {
             seq: in_flight.seq,
             ack_below: self.seqs.lock().expect("session lock").ack_below(),
         };
+        // Whether an attempt on the stream may have been carried out.
+        let mut outcome_open = false;
         if let Some(mut pending) = self.writes.send(in_flight.seq, make(origin())) {
             let timeout = client.options().request_timeout;
             match tokio::time::timeout(timeout, pending.answer()).await {
@@ -298,23 +300,23 @@ impl Shared {
                     // one that gave up waiting for the commit may have: in
                     // both cases the unary call below tries again, on
                     // another node if need be. Anything else is the answer.
-                    if !matches!(
-                        status.code(),
-                        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
-                    ) {
-                        return Err(Error::from(status));
+                    match status.code() {
+                        Code::Unavailable | Code::ResourceExhausted => {}
+                        Code::DeadlineExceeded => outcome_open = true,
+                        _ => return Err(Error::from(status)),
                     }
                     tracing::debug!(%status, "session stream write refused; sending it as a call");
                 }
                 // The stream broke, or the answer is late: whether the
                 // write was applied is open, and the same seq settles it.
                 Ok(None) | Err(_) => {
+                    outcome_open = true;
                     tracing::debug!("no answer on the session stream; sending the write as a call");
                 }
             }
         }
         let (answer, _) = client
-            .call(Retry::Always, |mut rpc| {
+            .call(Retry::Write { outcome_open }, |mut rpc| {
                 let write = make(origin());
                 async move {
                     let response = match write {
