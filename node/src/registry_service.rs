@@ -58,11 +58,20 @@ fn origin_from_pb(origin: Option<pb::WriteOrigin>, core: &Core) -> Result<Origin
 }
 
 fn write_response(outcome: Outcome, index: u64) -> pb::WriteResponse {
-    pb::WriteResponse {
-        index,
-        member: match outcome {
-            Outcome::Member(m) => Some(member_to_pb(&m)),
-            _ => None,
+    match outcome {
+        Outcome::Member(m) => pb::WriteResponse {
+            index,
+            member: Some(member_to_pb(&m)),
+        },
+        // The entry that removed the member, also when this answer is the
+        // replay of an earlier attempt's: the caller asked when it went.
+        Outcome::Removed { index } => pb::WriteResponse {
+            index,
+            member: None,
+        },
+        Outcome::Session { .. } | Outcome::Done => pb::WriteResponse {
+            index,
+            member: None,
         },
     }
 }

@@ -711,11 +711,27 @@ async fn writes_on_the_session_stream_are_answered_by_id_and_applied_once() {
         .await
         .unwrap();
     assert!(removed.member.is_none());
+    // Its retry as a call is answered with the index that removed the
+    // member, not the retry's own.
+    let replayed = c
+        .unregister(pb::UnregisterRequest {
+            origin: Some(pb::WriteOrigin {
+                client_id: s.client_id.clone(),
+                seq: 23,
+                ack_below: 0,
+            }),
+            id: "w-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replayed.index, removed.index);
     let listed = list(&mut c).await;
+    assert!(listed.index > removed.index, "the retry was an entry too");
     assert_eq!(listed.members.len(), 20);
     assert!(listed.members.iter().all(|m| m.id.starts_with("p-")));
-    // 23 writes on the stream, one unary call.
-    assert_eq!(node.core.writes.get(), (1, 23));
+    // 23 writes on the stream, two unary calls.
+    assert_eq!(node.core.writes.get(), (2, 23));
     node.shutdown().await;
 }
 

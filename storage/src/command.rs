@@ -120,6 +120,14 @@ pub enum Outcome {
     Member(Arc<Member>),
     /// The command removed something or changed nothing a client can see.
     Done,
+    /// The entry at `index` removed a member. The index is kept with the
+    /// answer, so that a retry that replays it names the entry that removed
+    /// the member rather than its own. (Last, so that the variants before
+    /// it keep their encoding.)
+    Removed {
+        /// The index of the entry that removed the member.
+        index: u64,
+    },
 }
 
 /// Why a command was refused. Applying a refused command changes nothing.

@@ -144,9 +144,9 @@ impl RegistryState {
             } => self.deduplicated(origin, rec, |state, rec| {
                 state.update_metadata(index, origin, id, set, remove, rec)
             }),
-            Command::Unregister { origin, id } => {
-                self.deduplicated(origin, rec, |state, rec| state.unregister(origin, id, rec))
-            }
+            Command::Unregister { origin, id } => self.deduplicated(origin, rec, |state, rec| {
+                state.unregister(index, origin, id, rec)
+            }),
             Command::CloseSession { client_id } => {
                 // Closing a session that is already gone is a retry, not an error.
                 self.remove_session(client_id, rec);
@@ -374,7 +374,13 @@ impl RegistryState {
         Ok(Outcome::Member(after))
     }
 
-    fn unregister(&mut self, origin: &Origin, id: &str, rec: &mut Recorder) -> CommandResult {
+    fn unregister(
+        &mut self,
+        index: u64,
+        origin: &Origin,
+        id: &str,
+        rec: &mut Recorder,
+    ) -> CommandResult {
         let Some(member) = self.members.get(id) else {
             return Err(ApplyError::MemberNotFound(id.to_string()));
         };
@@ -384,7 +390,7 @@ impl RegistryState {
             session.members.remove(id);
         }
         rec.member(id, Some(member), None);
-        Ok(Outcome::Done)
+        Ok(Outcome::Removed { index })
     }
 
     fn remove_session(&mut self, client_id: &str, rec: &mut Recorder) {

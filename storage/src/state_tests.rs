@@ -534,7 +534,7 @@ fn unregister_removes_the_member_and_its_session_entry() {
     let mut state = populated();
     let before = state.members["m1"].clone();
     let (outcome, out) = ok(&mut state, 6, unregister(by("s1"), "m1"));
-    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(outcome, Outcome::Removed { index: 6 });
     assert!(!state.members.contains_key("m1"));
     assert_eq!(state.sessions["s1"].members, set_of(&["m2"]));
     assert_eq!(out.changes.len(), 1);
@@ -573,7 +573,7 @@ fn unregister_of_another_sessions_member_is_refused_but_an_admin_may() {
         },
     );
     let (outcome, out) = ok(&mut state, 6, unregister(admin(), "m1"));
-    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(outcome, Outcome::Removed { index: 6 });
     assert!(!state.members.contains_key("m1"));
     assert_eq!(state.sessions["s1"].members, set_of(&["m2"]));
     // The member index is not stored: owning a member leaves the session record as it was.
@@ -794,10 +794,12 @@ fn retries_of_update_and_unregister_are_applied_once() {
 
     let unreg = unregister(by_seq("s1", 2, 1), "m1");
     let (first, _) = apply1(&mut state, 8, unreg.clone());
-    assert_eq!(first, Ok(Outcome::Done));
+    assert_eq!(first, Ok(Outcome::Removed { index: 8 }));
     // Without retry protection the second attempt would be MemberNotFound.
+    // The replayed answer names the entry that removed the member, not
+    // the retry's.
     let (again, out) = apply1(&mut state, 9, unreg);
-    assert_eq!(again, Ok(Outcome::Done));
+    assert_eq!(again, Ok(Outcome::Removed { index: 8 }));
     assert!(out.changes.is_empty());
 }
 

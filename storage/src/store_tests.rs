@@ -11,7 +11,7 @@ use openraft::{EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, Vot
 use tempfile::TempDir;
 use tokio::sync::broadcast::error::TryRecvError;
 
-use crate::command::{Command, Origin, Outcome, Request, Response};
+use crate::command::{ApplyError, Command, CommandResult, Origin, Outcome, Request, Response};
 use crate::data_dir::DataDir;
 use crate::feed::{FeedConfig, FeedItem};
 use crate::log_store::LogStore;
@@ -556,7 +556,10 @@ async fn the_state_machine_is_rebuilt_from_its_snapshot_and_the_log() {
         assert_eq!(responses[1].results.len(), 3);
         assert!(responses[1].results.iter().all(Result::is_ok));
         assert!(matches!(responses[2].results[1], Ok(Outcome::Member(_))));
-        assert_eq!(responses[5].results, vec![Ok(Outcome::Done)]);
+        assert_eq!(
+            responses[5].results,
+            vec![Ok(Outcome::Removed { index: 6 })]
+        );
         assert_eq!(sm.commands_since_snapshot(), 8);
         let (state, index) = registry_of(&sm);
         (state, index, sm.applied_state().await.unwrap())
@@ -1310,4 +1313,23 @@ fn entries_and_members_encode_as_before_commands_were_shared() {
         crate::codec::decode::<crate::Member>(member_bytes).unwrap(),
         member
     );
+}
+
+/// Stored answers (a session's `answers`, in snapshots) and forwarded ones
+/// keep the encoding of the answers that came before `Removed`: it was
+/// added last, so the variants before it keep their numbers, and data
+/// written before it still reads.
+#[test]
+fn answers_encode_as_before_removals_carried_their_index() {
+    let done: CommandResult = Ok(Outcome::Done);
+    assert_eq!(postcard::to_allocvec(&done).unwrap(), [0, 2]);
+    let removed: CommandResult = Ok(Outcome::Removed { index: 300 });
+    let bytes = postcard::to_allocvec(&removed).unwrap();
+    assert_eq!(bytes, [0, 3, 0xac, 0x02]);
+    assert_eq!(
+        postcard::from_bytes::<CommandResult>(&bytes).unwrap(),
+        removed
+    );
+    let refused: CommandResult = Err(ApplyError::MemberNotFound("m".into()));
+    assert_eq!(postcard::to_allocvec(&refused).unwrap(), [1, 0, 1, b'm']);
 }
