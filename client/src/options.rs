@@ -12,7 +12,9 @@ pub struct ClientOptions {
     /// How long one attempt of a unary call may take on one node.
     pub request_timeout: Duration,
     /// The total time a call may spend retrying, across all nodes and
-    /// backoff pauses, before it reports the last error.
+    /// backoff pauses, before it reports the last error. A session write
+    /// may first wait up to `request_timeout` for its answer on the
+    /// session stream, before its calls start.
     pub retry_deadline: Duration,
     /// A call gives up early after this many rounds in which no node could
     /// even be connected to: a cluster that refuses connections is down,

@@ -287,6 +287,23 @@ async fn a_session_write_whose_answer_is_lost_is_applied_once() {
         }
     }
     assert_eq!(upserts, [m1.mod_index, updated.mod_index]);
+    // Once the session's stream is open again (on the node's own address),
+    // its writes go back to it.
+    let node = cluster.node(0);
+    let (_, on_stream) = node.core.writes.get();
+    let (writer, mut round) = (&session, 0);
+    eventually("a write on the reopened session stream", || {
+        round += 1;
+        let value = round.to_string();
+        async move {
+            writer
+                .update_metadata("m1", metadata(&[("round", &value)]), Vec::new())
+                .await
+                .unwrap();
+            node.core.writes.get().1 > on_stream
+        }
+    })
+    .await;
 
     // An operator's write has no seq: after a lost answer it is reported,
     // not repeated, for a repeat could not be told apart from a new write.

@@ -9,14 +9,17 @@ use std::path::{Path, PathBuf};
 /// History: 2 stopped storing a session's member ids (rebuilt on load); 3
 /// keeps snapshot data in files beside the database (see `snapshot_files`);
 /// 4 keeps the applied state only in memory, durable through snapshots and
-/// the log (see `state_machine`).
-pub const FORMAT_VERSION: u32 = 4;
+/// the log (see `state_machine`); 5 may store a removal's answer with its
+/// index (`Outcome::Removed`) among a session's answers, which a build of
+/// format 4 cannot read.
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Older formats this build upgrades in place when it opens them. The state
 /// machine moves a snapshot stored in sled (2) to a file and turns a state
 /// stored member by member (2 and 3) into a snapshot when it opens, and
-/// does so whenever it finds either, so a crash halfway is harmless.
-const UPGRADES_FROM: &[u32] = &[2, 3];
+/// does so whenever it finds either, so a crash halfway is harmless. Format
+/// 4 needs nothing but the new number: everything it holds reads as before.
+const UPGRADES_FROM: &[u32] = &[2, 3, 4];
 
 const META_TREE: &str = "meta";
 const FORMAT_KEY: &str = "format_version";

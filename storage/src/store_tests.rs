@@ -596,6 +596,30 @@ async fn the_state_machine_is_rebuilt_from_its_snapshot_and_the_log() {
     assert_eq!(after, state);
 }
 
+/// Format 5 only adds a kind of stored answer: a format-4 data dir opens
+/// with its state as it was and is marked 5, and a snapshot holding the
+/// new answer reads back.
+#[tokio::test]
+async fn a_format_4_data_dir_opens_as_format_5_with_its_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = {
+        let (dir, mut log, mut sm) = open(tmp.path());
+        append_and_apply(&mut log, &mut sm, script()).await;
+        snapshot_now(&mut sm).await;
+        set_format(&dir, 4);
+        registry_of(&sm).0
+    };
+    let kept = state
+        .sessions
+        .values()
+        .flat_map(|s| s.answers.values())
+        .any(|a| matches!(a, Ok(Outcome::Removed { index: 6 })));
+    assert!(kept, "the script's unregister left its answer in a session");
+    let (dir, _log, sm) = restart(tmp.path()).await;
+    assert_current_format(&dir);
+    assert_eq!(registry_of(&sm), (state, 6));
+}
+
 #[tokio::test]
 async fn a_store_opens_at_its_snapshot_and_counts_commands_after_it() {
     let tmp = tempfile::tempdir().unwrap();

@@ -16,9 +16,11 @@ use proto::{session_request, session_write, write_result};
 use tokio::sync::{mpsc, oneshot};
 
 /// How many writes the SDK keeps in flight on one session stream; more go
-/// as unary calls. Below the node's own limit (64), so the node never
-/// refuses one, and below the request channel's capacity
-/// ([`REQUEST_QUEUE`]), so heartbeats always find room.
+/// as unary calls. Below the node's own limit (64), so that the node
+/// rarely refuses one (it can, when writes the SDK stopped waiting for
+/// still run there; such a refusal falls back to the call too), and below
+/// the request channel's capacity ([`REQUEST_QUEUE`]), so heartbeats
+/// always find room.
 const MAX_IN_FLIGHT: usize = 32;
 
 /// Capacity of a session stream's request channel: the writes in flight
@@ -238,6 +240,8 @@ mod tests {
         writes.attach(tx);
         let pending = writes.send(1, unregister("a")).expect("sent");
         drop(pending);
+        let waiting = |w: &StreamWrites| w.current.lock().unwrap().as_ref().unwrap().pending.len();
+        assert_eq!(waiting(&writes), 0, "a dropped write is forgotten at once");
         writes.answer(ok(1, 10));
         writes.answer(ok(7, 70));
         assert!(
