@@ -1357,3 +1357,47 @@ fn answers_encode_as_before_removals_carried_their_index() {
     let refused: CommandResult = Err(ApplyError::MemberNotFound("m".into()));
     assert_eq!(postcard::to_allocvec(&refused).unwrap(), [1, 0, 1, b'm']);
 }
+
+/// A purge only sets the marker: the entries leave the disk a few with
+/// each later append, so that openraft's core, which awaits the purge,
+/// does not wait for thousands of removals. Meanwhile nothing reads them.
+#[tokio::test]
+async fn purged_entries_leave_the_disk_with_later_appends_and_are_never_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dir, mut log) = open_log_alone(tmp.path());
+    log.blocking_append((1..=100).map(|i| blank(1, i)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    log.purge(lid(1, 80)).await.unwrap();
+    assert_eq!(
+        log.entries_on_disk(),
+        100,
+        "the purge itself removes nothing"
+    );
+    assert_eq!(
+        indexes(&all_entries(&mut log).await),
+        (81..=100).collect::<Vec<_>>()
+    );
+    let mut reader = log.get_log_reader().await;
+    assert!(reader.try_get_log_entries(..=80).await.unwrap().is_empty());
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_purged_log_id,
+        Some(lid(1, 80))
+    );
+
+    // Each append removes a few: 80 purged entries take three.
+    for i in 101..=103 {
+        log.blocking_append([blank(1, i)]).await.unwrap();
+    }
+    assert_eq!(log.entries_on_disk(), 23);
+    assert_eq!(
+        indexes(&all_entries(&mut log).await),
+        (81..=103).collect::<Vec<_>>()
+    );
+
+    // Purging everything leaves no last index, though the entries are
+    // still on disk until the next appends.
+    log.purge(lid(1, 103)).await.unwrap();
+    assert_eq!(log.last_index(), None);
+    assert!(all_entries(&mut log).await.is_empty());
+}
