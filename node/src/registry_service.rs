@@ -183,38 +183,27 @@ fn unregister_command(core: &Core, request: pb::UnregisterRequest) -> Result<Com
 async fn stream_write(
     core: &Core,
     client_id: &str,
-    write: pb::session_write::Kind,
+    mut write: pb::session_write::Kind,
 ) -> Result<pb::WriteResponse, NodeError> {
     use pb::session_write::Kind;
-    let origin = match &write {
-        Kind::Register(r) => &r.origin,
-        Kind::UpdateMetadata(r) => &r.origin,
-        Kind::Unregister(r) => &r.origin,
+    let origin = match &mut write {
+        Kind::Register(r) => &mut r.origin,
+        Kind::UpdateMetadata(r) => &mut r.origin,
+        Kind::Unregister(r) => &mut r.origin,
     };
-    let named = origin.as_ref().map_or("", |o| o.client_id.as_str());
-    if !named.is_empty() && named != client_id {
+    let origin = origin.get_or_insert_default();
+    if origin.client_id.is_empty() {
+        origin.client_id = client_id.to_owned();
+    } else if origin.client_id != client_id {
         return Err(NodeError::BadRequest(format!(
-            "origin.client_id: {named:?} is not this stream's session {client_id:?}; a session stream carries only its own session's writes"
+            "origin.client_id: {:?} is not this stream's session {client_id:?}; a session stream carries only its own session's writes",
+            origin.client_id
         )));
     }
-    let with_session = |origin: Option<pb::WriteOrigin>| {
-        let mut origin = origin.unwrap_or_default();
-        origin.client_id = client_id.to_owned();
-        Some(origin)
-    };
     let command = match write {
-        Kind::Register(mut r) => {
-            r.origin = with_session(r.origin);
-            register_command(core, r)?
-        }
-        Kind::UpdateMetadata(mut r) => {
-            r.origin = with_session(r.origin);
-            update_metadata_command(core, r)?
-        }
-        Kind::Unregister(mut r) => {
-            r.origin = with_session(r.origin);
-            unregister_command(core, r)?
-        }
+        Kind::Register(r) => register_command(core, r)?,
+        Kind::UpdateMetadata(r) => update_metadata_command(core, r)?,
+        Kind::Unregister(r) => unregister_command(core, r)?,
     };
     self::write(core, command).await
 }

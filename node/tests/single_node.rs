@@ -481,14 +481,13 @@ async fn subscribe_to(
 
 /// The next message of a subscription, which must come within `DEADLINE`
 /// and not end the stream.
-async fn next_message(
-    watch: &mut tonic::Streaming<pb::SubscribeResponse>,
-) -> pb::SubscribeResponse {
-    tokio::time::timeout(DEADLINE, watch.next())
+/// The next message of a subscription or session stream.
+async fn next_message<T>(stream: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(DEADLINE, stream.next())
         .await
         .expect("a message in time")
         .expect("the stream goes on")
-        .unwrap()
+        .expect("the stream does not fail")
 }
 
 /// Registers members `m-00001` to `m-{count}` of `service`, 64 at a time,
@@ -500,11 +499,7 @@ async fn register_many(c: &RegistryClient<Channel>, s: &TestSession, count: u64,
         // Not `origin()`: with 64 writes in flight, acknowledging below
         // `seq` would refuse a lower seq still on its way as a stale retry.
         let request = pb::RegisterRequest {
-            origin: Some(pb::WriteOrigin {
-                client_id: s.client_id.clone(),
-                seq,
-                ack_below: 0,
-            }),
+            origin: origin_of(&s.client_id, seq),
             member: Some(member(&format!("m-{seq:05}"), service)),
         };
         async move { c.register(request).await.map(|_| ()) }
@@ -530,21 +525,8 @@ struct WriteStream {
 
 impl WriteStream {
     async fn open(c: &mut RegistryClient<Channel>) -> WriteStream {
-        let (tx, rx) = mpsc::channel(512);
-        tx.send(pb::SessionRequest {
-            kind: Some(pb::session_request::Kind::Open(pb::OpenSession::default())),
-        })
-        .await
-        .unwrap();
-        let mut responses = c
-            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        let first = next_session_message(&mut responses).await;
-        let Some(pb::session_response::Kind::Opened(opened)) = first.kind else {
-            panic!("expected opened, got {first:?}");
-        };
+        // 0: the node's default timeouts.
+        let (tx, responses, opened) = common::open_raw_session(c, 0, 0).await;
         assert!(opened.stream_writes, "this node takes writes on the stream");
         WriteStream {
             client_id: opened.client_id,
@@ -566,7 +548,7 @@ impl WriteStream {
     /// The next write result (heartbeat acks are skipped).
     async fn result(&mut self) -> (u64, Result<pb::WriteResponse, tonic::Status>) {
         loop {
-            let message = next_session_message(&mut self.responses).await;
+            let message = next_message(&mut self.responses).await;
             match message.kind {
                 Some(pb::session_response::Kind::Written(pb::WriteResult { id, kind })) => {
                     let result = match kind.expect("a result says how the write went") {
@@ -602,7 +584,7 @@ impl WriteStream {
             })
             .await
             .unwrap();
-        let message = next_session_message(&mut self.responses).await;
+        let message = next_message(&mut self.responses).await;
         assert!(
             matches!(message.kind, Some(pb::session_response::Kind::Ack(_))),
             "{message:?}"
@@ -610,23 +592,19 @@ impl WriteStream {
     }
 }
 
-async fn next_session_message(
-    responses: &mut tonic::Streaming<pb::SessionResponse>,
-) -> pb::SessionResponse {
-    tokio::time::timeout(DEADLINE, responses.next())
-        .await
-        .expect("a session message in time")
-        .expect("the session stream goes on")
-        .expect("the session stream does not fail")
+/// Write `seq` of session `client_id`, acknowledging nothing (so that it
+/// may be sent again).
+fn origin_of(client_id: &str, seq: u64) -> Option<pb::WriteOrigin> {
+    Some(pb::WriteOrigin {
+        client_id: client_id.into(),
+        seq,
+        ack_below: 0,
+    })
 }
 
 fn stream_origin(seq: u64) -> Option<pb::WriteOrigin> {
     // The stream's session is meant when the origin names none.
-    Some(pb::WriteOrigin {
-        client_id: String::new(),
-        seq,
-        ack_below: 0,
-    })
+    origin_of("", seq)
 }
 
 fn register_write(seq: u64, m: pb::Member) -> pb::session_write::Kind {
@@ -670,11 +648,7 @@ async fn writes_on_the_session_stream_are_answered_by_id_and_applied_once() {
     // write that went both ways is applied once.
     let again = c
         .update_metadata(pb::UpdateMetadataRequest {
-            origin: Some(pb::WriteOrigin {
-                client_id: s.client_id.clone(),
-                seq: 2,
-                ack_below: 0,
-            }),
+            origin: origin_of(&s.client_id, 2),
             id: "w-1".into(),
             set: BTreeMap::from([("zone".into(), "c".into())]),
             remove: vec![],
@@ -717,11 +691,7 @@ async fn writes_on_the_session_stream_are_answered_by_id_and_applied_once() {
     // member, not the retry's own.
     let replayed = c
         .unregister(pb::UnregisterRequest {
-            origin: Some(pb::WriteOrigin {
-                client_id: s.client_id.clone(),
-                seq: 23,
-                ack_below: 0,
-            }),
+            origin: origin_of(&s.client_id, 23),
             id: "w-1".into(),
         })
         .await
@@ -758,11 +728,7 @@ async fn a_bad_write_on_the_session_stream_is_answered_with_an_error_and_the_str
         ),
         (
             pb::session_write::Kind::Register(pb::RegisterRequest {
-                origin: Some(pb::WriteOrigin {
-                    client_id: other.client_id.clone(),
-                    seq: 4,
-                    ack_below: 0,
-                }),
+                origin: origin_of(&other.client_id, 4),
                 member: Some(member("ok", "svc")),
             }),
             "origin.client_id",

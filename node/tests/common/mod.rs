@@ -59,9 +59,9 @@ pub async fn wait_for_leader(c: &mut RegistryClient<Channel>, deadline: Duration
     }
 }
 
-/// A session opened over the raw protocol: the sender for heartbeats, the
-/// response stream (the session lives on after it ends) and the answer to
-/// the open.
+/// A session opened over the raw protocol: the sender for heartbeats and
+/// writes, the response stream (the session lives on after it ends) and
+/// the answer to the open.
 #[allow(dead_code)]
 pub async fn open_raw_session(
     client: &mut RegistryClient<Channel>,
@@ -72,7 +72,8 @@ pub async fn open_raw_session(
     tonic::Streaming<pb::SessionResponse>,
     pb::SessionOpened,
 ) {
-    let (tx, rx) = mpsc::channel(4);
+    // Room for a burst of writes sent before any answer is read.
+    let (tx, rx) = mpsc::channel(512);
     tx.send(pb::SessionRequest {
         kind: Some(pb::session_request::Kind::Open(pb::OpenSession {
             client_id: String::new(),
