@@ -11,19 +11,25 @@ use std::path::{Path, PathBuf};
 /// 4 keeps the applied state only in memory, durable through snapshots and
 /// the log (see `state_machine`); 5 may store a removal's answer with its
 /// index (`Outcome::Removed`) among a session's answers, which a build of
-/// format 4 cannot read.
-pub const FORMAT_VERSION: u32 = 5;
+/// format 4 cannot read; 6 keeps the Raft log in segment files of its own
+/// (`raft-log/`, see `log_file`) instead of sled's trees.
+pub const FORMAT_VERSION: u32 = 6;
 
 /// Older formats this build upgrades in place when it opens them. The state
 /// machine moves a snapshot stored in sled (2) to a file and turns a state
 /// stored member by member (2 and 3) into a snapshot when it opens, and
 /// does so whenever it finds either, so a crash halfway is harmless. Format
 /// 4 needs nothing but the new number: everything it holds reads as before.
-const UPGRADES_FROM: &[u32] = &[2, 3, 4];
+/// The log store moves a log kept in sled (5 and before) into its segment
+/// files whenever it finds one, in the same way.
+const UPGRADES_FROM: &[u32] = &[2, 3, 4, 5];
 
 const META_TREE: &str = "meta";
 const FORMAT_KEY: &str = "format_version";
 const NODE_ID_KEY: &str = "node_id";
+/// Set once the Raft log's folder was created: a data dir that has it but
+/// no log lost its log, and must not start as if new.
+const RAFT_LOG_KEY: &str = "raft_log_created";
 
 /// Why a data dir cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +79,11 @@ pub enum OpenError {
 /// An open data dir.
 #[derive(Debug, Clone)]
 pub struct DataDir {
-    /// The sled database holding the log, the state machine and snapshots.
+    /// The sled database holding the format, the node id and the snapshot
+    /// pointer.
     pub db: sled::Db,
+    /// sled's data file, synced after each flush (see `flush`).
+    pub(crate) db_file: std::sync::Arc<std::fs::File>,
     /// Where it is, for messages.
     pub path: PathBuf,
 }
@@ -113,7 +122,16 @@ impl DataDir {
                 other => break other?,
             }
         };
-        let dir = DataDir { db, path };
+        let db_file =
+            std::fs::File::open(path.join("db").join("db")).map_err(|source| OpenError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        let dir = DataDir {
+            db,
+            db_file: std::sync::Arc::new(db_file),
+            path,
+        };
         dir.check_format(marker)?;
         match (marker, dir.node_id()?) {
             (Some(m), Some(id)) if m != id => {
@@ -159,8 +177,7 @@ impl DataDir {
                 if UPGRADES_FROM.contains(&found) {
                     meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
                         .map_err(|e| classify(&self.path, e))?;
-                    let _gate = crate::gate::enter_blocking();
-                    self.db.flush().map_err(|e| classify(&self.path, e))?;
+                    self.flush_durably()?;
                 } else if found != FORMAT_VERSION {
                     return Err(OpenError::UnknownFormat {
                         path: self.path.clone(),
@@ -190,11 +207,35 @@ impl DataDir {
                 }
                 meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
                     .map_err(|e| classify(&self.path, e))?;
-                let _gate = crate::gate::enter_blocking();
-                self.db.flush().map_err(|e| classify(&self.path, e))?;
+                self.flush_durably()?;
             }
         }
         Ok(())
+    }
+
+    /// Whether this data dir's Raft log was ever created.
+    pub fn raft_log_created(&self) -> Result<bool, OpenError> {
+        let meta = self.meta()?;
+        meta.contains_key(RAFT_LOG_KEY)
+            .map_err(|e| classify(&self.path, e))
+    }
+
+    /// Records, durably, that the Raft log was created.
+    pub fn mark_raft_log_created(&self) -> Result<(), OpenError> {
+        let meta = self.meta()?;
+        meta.insert(RAFT_LOG_KEY, &[1])
+            .map_err(|e| classify(&self.path, e))?;
+        self.flush_durably()
+    }
+
+    /// Flushes sled and syncs its data file (see `flush`), from
+    /// synchronous code.
+    pub(crate) fn flush_durably(&self) -> Result<(), OpenError> {
+        let _gate = crate::gate::enter_blocking();
+        crate::flush::flush_blocking(&self.db, &self.db_file).map_err(|source| OpenError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// The node id kept in this data dir, if one was saved.
@@ -210,9 +251,7 @@ impl DataDir {
         let meta = self.meta()?;
         meta.insert(NODE_ID_KEY, &id.to_be_bytes())
             .map_err(|e| classify(&self.path, e))?;
-        let gate = crate::gate::enter_blocking();
-        self.db.flush().map_err(|e| classify(&self.path, e))?;
-        drop(gate);
+        self.flush_durably()?;
         write_marker(&self.path, id)
     }
 }

@@ -1,4 +1,6 @@
-//! Flushing sled without its thread pool.
+//! Making data durable without holding up the async runtime: sled's flush
+//! and a log segment's sync, run on the calling thread with tokio told that
+//! it blocks.
 //!
 //! sled 0.34's `flush_async` hands the flush to sled's thread pool, whose
 //! queue wakes every idle pool thread (seven or more) for each job with
@@ -6,16 +8,53 @@
 //! per write (counted with `strace -c` under a single writer). Flushing on
 //! the calling thread, with tokio told that the thread blocks, costs none of
 //! that. On a current-thread runtime (some tests), where blocking in place
-//! is not allowed, sled's pool is used as before.
+//! is not allowed, the work goes to a blocking thread (sled: its pool).
+
+use std::fs::File;
+use std::sync::Arc;
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-/// Writes every dirty buffer of `db` and syncs it to disk.
-pub async fn flush(db: &sled::Db) -> sled::Result<usize> {
-    let flavor = Handle::try_current().map(|h| h.runtime_flavor());
-    if let Ok(RuntimeFlavor::MultiThread) = flavor {
-        tokio::task::block_in_place(|| db.flush())
+/// Whether the current runtime lets a task block in place.
+fn can_block_in_place() -> bool {
+    matches!(
+        Handle::try_current().map(|h| h.runtime_flavor()),
+        Ok(RuntimeFlavor::MultiThread)
+    )
+}
+
+/// Writes every dirty buffer of `db` and makes it durable: sled syncs its
+/// writes with `sync_file_range`, which neither flushes the disk's write
+/// cache nor records a grown file's size, so `file` (sled's data file,
+/// `db/db`) is then `fsync`ed too.
+pub async fn flush(db: &sled::Db, file: &Arc<File>) -> std::io::Result<()> {
+    if can_block_in_place() {
+        tokio::task::block_in_place(|| flush_blocking(db, file))
     } else {
-        db.flush_async().await
+        db.flush_async().await.map_err(std::io::Error::other)?;
+        sync_all(Arc::clone(file)).await
+    }
+}
+
+/// `flush` for synchronous code (opening a data dir).
+pub fn flush_blocking(db: &sled::Db, file: &File) -> std::io::Result<()> {
+    db.flush().map_err(std::io::Error::other)?;
+    file.sync_all()
+}
+
+async fn sync_all(file: Arc<File>) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || file.sync_all())
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// Syncs a file's data (`fdatasync`).
+pub async fn sync_data(file: Arc<File>) -> std::io::Result<()> {
+    if can_block_in_place() {
+        tokio::task::block_in_place(|| file.sync_data())
+    } else {
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(std::io::Error::other)?
     }
 }

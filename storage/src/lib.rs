@@ -1,5 +1,5 @@
 //! Fuddle's storage: the registry state and its pure apply function,
-//! openraft's log store on sled, and its state machine (the registry in
+//! openraft's log store (segment files of its own), and its state machine (the registry in
 //! memory, durable as snapshot files plus the log).
 //!
 //! This crate knows nothing about tonic, sockets or clocks: the node stamps
@@ -15,6 +15,7 @@ pub mod filter;
 mod flush;
 pub mod gate;
 pub mod limits;
+mod log_file;
 pub mod log_store;
 pub mod member;
 pub mod metadata;

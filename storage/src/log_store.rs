@@ -1,42 +1,50 @@
-//! openraft's log store on sled: the log (big-endian index keys), the vote,
-//! the committed and purged markers.
+//! openraft's log store: the log, the vote and the commit and purge
+//! markers, in segment files of our own (`crate::log_file`, in the data
+//! dir's `raft-log/` folder).
 //!
-//! An append is written as plain sled inserts and made durable with one
-//! flush (`crate::flush`) before openraft is told it is on disk: openraft
-//! hands over every entry it has ready in one call, so many client writes
-//! share one flush (group commit). The entries appended last also stay
-//! decoded (`crate::recent`), so that openraft's reads of them right after,
-//! to replicate and to apply them, skip sled and the decode.
+//! An append is one write and one `fdatasync` on the calling thread before
+//! openraft is told it is on disk: openraft hands over every entry it has
+//! ready in one call, so many client writes share one sync (group commit).
+//! The entries appended last also stay decoded (`crate::recent`), so that
+//! openraft's reads of them right after, to replicate and to apply them,
+//! skip the file and the decode.
+//!
+//! Data dirs of format 5 and before kept the log in sled (trees `log` and
+//! `raft_meta`); opening one moves it into `raft-log/` (see `import_sled`).
 
 use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
+use std::fs::File;
+use std::io;
+use std::ops::RangeBounds;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError, Vote};
 
-use crate::codec::{decode, encode, index_key, key_index};
+use crate::codec::{decode, encode, key_index};
 use crate::data_dir::DataDir;
 use crate::durable_snapshot::DurableSnapshot;
-use crate::gate;
+use crate::log_file::LogFile;
 use crate::recent::Recent;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
-const LOG_TREE: &str = "log";
-const RAFT_META_TREE: &str = "raft_meta";
-const VOTE_KEY: &str = "vote";
-const COMMITTED_KEY: &str = "committed";
-const PURGED_KEY: &str = "last_purged";
+/// The data dir's folder of log segments.
+const LOG_FOLDER: &str = "raft-log";
 
-/// The Raft log and its metadata, in the node's sled database.
+/// Where format 5 and earlier kept the log and its markers, in sled.
+const OLD_LOG_TREE: &str = "log";
+const OLD_META_TREE: &str = "raft_meta";
+const OLD_VOTE_KEY: &str = "vote";
+const OLD_COMMITTED_KEY: &str = "committed";
+const OLD_PURGED_KEY: &str = "last_purged";
+
+/// The Raft log and its markers, in the node's data dir.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    /// For flushing, which covers every tree.
-    db: sled::Db,
-    /// Entries by big-endian index.
-    log: sled::Tree,
-    /// Vote, committed and purged markers.
-    meta: sled::Tree,
+    /// The segment files, shared with every reader (openraft's log readers
+    /// are clones of this store).
+    file: Arc<Mutex<LogFile>>,
     /// When set, purges go no further than a durable snapshot covers (see
     /// `durable_snapshot`). `open_stores` sets it; a log store opened
     /// alone purges what it is told (openraft's conformance suite expects
@@ -45,9 +53,6 @@ pub struct LogStore {
     /// The entries appended last, decoded, shared with every reader (see
     /// `recent`): openraft reads them back to replicate and apply them.
     recent: Arc<Mutex<Recent>>,
-    /// Entries up to this index are purged (the marker says so) but may
-    /// still be on disk: appends remove them a few at a time (see `purge`).
-    unpurged: Option<u64>,
 }
 
 fn io_err(
@@ -66,16 +71,56 @@ fn logs_write(e: impl std::error::Error + 'static) -> StorageError {
     io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
+fn sled_io(e: sled::Error) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
 impl LogStore {
-    /// Opens the log trees of a data dir.
-    pub fn open(dir: &DataDir) -> Result<LogStore, sled::Error> {
+    /// Opens the log of a data dir, creating it on a first start and moving
+    /// a log kept in sled by an earlier format into it.
+    pub fn open(dir: &DataDir) -> io::Result<LogStore> {
+        Self::open_folder(dir).map_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidData {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "data dir {} is corrupt: its Raft log cannot be read: {e}; restore the \
+                         whole data dir from a backup, or remove the node from the cluster \
+                         and start it on a new data dir",
+                        dir.path.display()
+                    ),
+                )
+            } else {
+                io::Error::new(
+                    e.kind(),
+                    format!("data dir {}: its Raft log: {e}", dir.path.display()),
+                )
+            }
+        })
+    }
+
+    fn open_folder(dir: &DataDir) -> io::Result<LogStore> {
+        let folder = dir.path.join(LOG_FOLDER);
+        let file = if import_pending(dir)? {
+            import_sled(dir, &folder)?
+        } else if LogFile::exists(&folder)? {
+            LogFile::open(&folder)?
+        } else if dir.raft_log_created().map_err(io::Error::other)? {
+            // Starting with no log after having had one could vote twice
+            // in a term, or lose acknowledged writes.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the folder {LOG_FOLDER}/ is missing or empty"),
+            ));
+        } else {
+            let file = LogFile::open(&folder)?;
+            dir.mark_raft_log_created().map_err(io::Error::other)?;
+            file
+        };
         Ok(LogStore {
-            db: dir.db.clone(),
-            log: dir.db.open_tree(LOG_TREE)?,
-            meta: dir.db.open_tree(RAFT_META_TREE)?,
+            file: Arc::new(Mutex::new(file)),
             covered: None,
             recent: Arc::default(),
-            unpurged: None,
         })
     }
 
@@ -97,18 +142,18 @@ impl LogStore {
     /// snapshot's own last entry never reached this log (it is why the
     /// snapshot was sent), so its absence is the sign; a snapshot this node
     /// built covers only entries it appended, and finds it present.
-    fn purged_past_a_hole(&self, marker: Option<LogId>) -> Result<Option<LogId>, StorageError> {
+    fn purged_past_a_hole(&self, marker: Option<LogId>) -> Option<LogId> {
         let Some(covered) = self.covered.as_ref().and_then(DurableSnapshot::get) else {
-            return Ok(marker);
+            return marker;
         };
         if marker.is_some_and(|m| m.index >= covered.index) {
-            return Ok(marker);
+            return marker;
         }
-        let present = self
-            .log
-            .contains_key(index_key(covered.index))
-            .map_err(logs_read)?;
-        Ok(if present { marker } else { Some(covered) })
+        if self.file().contains(covered.index) {
+            marker
+        } else {
+            Some(covered)
+        }
     }
 
     /// Purges only entries that `covered` says a durable snapshot holds.
@@ -117,27 +162,10 @@ impl LogStore {
         self
     }
 
-    /// Removes up to `PURGE_CHUNK` entries that a purge left on disk, as
-    /// plain removes that share the append's flush.
-    fn remove_some_purged(&mut self) -> Result<(), sled::Error> {
-        let Some(upto) = self.unpurged else {
-            return Ok(());
-        };
-        let mut removed = 0;
-        for key in self.log.range(..=index_key(upto)).keys().take(PURGE_CHUNK) {
-            self.log.remove(key?)?;
-            removed += 1;
-        }
-        if removed < PURGE_CHUNK {
-            self.unpurged = None;
-        }
-        Ok(())
-    }
-
-    /// How many entries are on disk, purged ones still there included.
+    /// How many segment files are on disk.
     #[cfg(test)]
-    pub(crate) fn entries_on_disk(&self) -> usize {
-        self.log.len()
+    pub(crate) fn segments_on_disk(&self) -> usize {
+        self.file().segment_count()
     }
 
     /// The window of recent entries. Nothing panics while holding it, so a
@@ -146,59 +174,94 @@ impl LogStore {
         self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
+    /// The segment files. A panic while holding them (none is expected)
+    /// leaves at worst a record written and not yet counted, which the
+    /// next start replays.
+    fn file(&self) -> MutexGuard<'_, LogFile> {
+        self.file.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Syncs a segment that a write went to, off the async worker.
+    async fn sync(file: io::Result<Arc<File>>) -> io::Result<()> {
+        crate::flush::sync_data(file?).await
+    }
+
+    /// The highest log index present, if any (for status reports).
+    pub fn last_index(&self) -> Option<u64> {
+        self.file().last_index()
+    }
+
+    fn stored<T: serde::de::DeserializeOwned>(
+        bytes: Option<&[u8]>,
         subject: ErrorSubject<NodeId>,
     ) -> Result<Option<T>, StorageError> {
-        let Some(bytes) = self
-            .meta
-            .get(key)
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?
-        else {
-            return Ok(None);
-        };
-        decode(&bytes)
-            .map(Some)
+        bytes
+            .map(decode)
+            .transpose()
             .map_err(|e| io_err(subject, ErrorVerb::Read, e))
     }
+}
 
-    fn put_meta<T: serde::Serialize>(
-        &self,
-        key: &str,
-        value: &T,
-        subject: ErrorSubject<NodeId>,
-    ) -> Result<(), StorageError> {
-        let bytes = encode(value).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
-        self.meta
-            .insert(key, bytes)
-            .map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
-        Ok(())
+/// Whether the data dir still keeps a log in sled (format 5 and before).
+fn import_pending(dir: &DataDir) -> io::Result<bool> {
+    for name in [OLD_LOG_TREE, OLD_META_TREE] {
+        let exists = dir
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == name.as_bytes());
+        if exists && !dir.db.open_tree(name).map_err(sled_io)?.is_empty() {
+            return Ok(true);
+        }
     }
+    Ok(false)
+}
 
-    async fn flush(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
-        let _gate = gate::enter().await;
-        crate::flush::flush(&self.db)
-            .await
-            .map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
-        Ok(())
+/// Moves a log kept in sled into a new `raft-log/` folder, then drops the
+/// sled trees. A crash halfway leaves the sled trees, and the next open
+/// starts over: the folder is made anew from them.
+fn import_sled(dir: &DataDir, folder: &Path) -> io::Result<LogFile> {
+    if folder.exists() {
+        std::fs::remove_dir_all(folder)?;
     }
-
-    /// The highest log index present, if any (for status reports). Purged
-    /// entries still on disk do not count.
-    pub fn last_index(&self) -> Option<u64> {
-        let last = self
-            .log
-            .last()
-            .ok()
-            .flatten()
-            .and_then(|(k, _)| key_index(&k))?;
-        let purged: Option<LogId> = self
-            .get_meta(PURGED_KEY, ErrorSubject::Store)
-            .ok()
-            .flatten();
-        purged.is_none_or(|p| last > p.index).then_some(last)
+    let mut file = LogFile::open(folder)?;
+    let meta = dir.db.open_tree(OLD_META_TREE).map_err(sled_io)?;
+    let log = dir.db.open_tree(OLD_LOG_TREE).map_err(sled_io)?;
+    if let Some(vote) = meta.get(OLD_VOTE_KEY).map_err(sled_io)? {
+        file.set_vote(vote.to_vec())?;
     }
+    if let Some(committed) = meta.get(OLD_COMMITTED_KEY).map_err(sled_io)? {
+        file.set_committed(committed.to_vec());
+    }
+    let mut purged_index = None;
+    if let Some(marker) = meta.get(OLD_PURGED_KEY).map_err(sled_io)? {
+        let purged: LogId = decode(&marker).map_err(io::Error::other)?;
+        purged_index = Some(purged.index);
+        file.purge(purged.index, marker.to_vec())?;
+    }
+    let mut batch = Vec::new();
+    for item in log.iter() {
+        let (key, value) = item.map_err(sled_io)?;
+        let index = key_index(&key).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "a log key is not an index")
+        })?;
+        // Format 5 left purged entries on disk for later appends to remove.
+        if purged_index.is_some_and(|p| index <= p) {
+            continue;
+        }
+        batch.push((index, value));
+        if batch.len() == 1024 {
+            file.append(batch.iter().map(|(i, v)| (*i, v.as_ref())))?;
+            batch.clear();
+        }
+    }
+    file.append(batch.iter().map(|(i, v)| (*i, v.as_ref())))?
+        .sync_data()?;
+    dir.mark_raft_log_created().map_err(io::Error::other)?;
+    dir.db.drop_tree(OLD_LOG_TREE).map_err(sled_io)?;
+    dir.db.drop_tree(OLD_META_TREE).map_err(sled_io)?;
+    dir.flush_durably().map_err(io::Error::other)?;
+    Ok(file)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -209,28 +272,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if let Some(entries) = self.recent().get(&range) {
             return Ok(entries);
         }
-        let start = match range.start_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        // Entries at or below the purge marker may still be on disk while
-        // their removal runs (see `purge`); they are not part of the log.
-        let purged: Option<LogId> = self.get_meta(PURGED_KEY, ErrorSubject::Store)?;
-        let mut entries = Vec::new();
-        for item in self.log.range::<[u8; 8], _>((start, end)) {
-            let (_, value) = item.map_err(logs_read)?;
-            let entry = decode::<Entry>(&value).map_err(logs_read)?;
-            if purged.is_none_or(|p| entry.log_id.index > p.index) {
-                entries.push(entry);
-            }
-        }
-        Ok(entries)
+        let stored = self.file().read_range(range).map_err(logs_read)?;
+        stored
+            .iter()
+            .map(|bytes| decode::<Entry>(bytes).map_err(logs_read))
+            .collect()
     }
 }
 
@@ -238,10 +284,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let marker: Option<LogId> = self.get_meta(PURGED_KEY, ErrorSubject::Store)?;
-        let last_purged = self.purged_past_a_hole(marker)?;
-        let last = match self.log.last().map_err(logs_read)? {
-            Some((_, value)) => Some(decode::<Entry>(&value).map_err(logs_read)?.log_id),
+        let marker: Option<LogId> = Self::stored(self.file().purged(), ErrorSubject::Store)?;
+        let last_purged = self.purged_past_a_hole(marker);
+        let last_index = self.file().last_index();
+        let last = match last_index {
+            Some(index) => {
+                let mut reader = self.clone();
+                reader
+                    .try_get_log_entries(index..=index)
+                    .await?
+                    .pop()
+                    .map(|e| e.log_id)
+            }
             None => None,
         };
         Ok(LogState {
@@ -255,25 +309,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.put_meta(VOTE_KEY, vote, ErrorSubject::Vote)?;
+        let bytes = encode(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        let written = self.file().set_vote(bytes);
         // A vote must survive a crash, or the node could vote twice in a term.
-        self.flush(ErrorSubject::Vote).await
+        Self::sync(written)
+            .await
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.get_meta(VOTE_KEY, ErrorSubject::Vote)
+        Self::stored(self.file().vote(), ErrorSubject::Vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not flushed: openraft re-derives the commit point if it is lost;
-        // saving it only lets a restart apply sooner.
-        self.put_meta(COMMITTED_KEY, &committed, ErrorSubject::Store)
+        // Not synced: openraft re-derives the commit point if it is lost;
+        // saving it only lets a restart apply sooner. It is written with
+        // the next record.
+        let bytes =
+            encode(&committed).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        self.file().set_committed(bytes);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self
-            .get_meta::<Option<LogId>>(COMMITTED_KEY, ErrorSubject::Store)?
-            .flatten())
+        Ok(Self::stored::<Option<LogId>>(self.file().committed(), ErrorSubject::Store)?.flatten())
     }
 
     async fn append<I>(
@@ -290,55 +349,46 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = encode(&entry).map_err(logs_write)?;
             writes.push((entry, bytes));
         }
-        let gate = gate::enter().await;
-        self.remove_some_purged().map_err(logs_write)?;
-        // Plain inserts, not a sled batch. A batch seals sled's write
-        // buffer before and after its manifest: a one-entry append then
-        // cost three buffer writes, each synced in turn (the commit marker
-        // saved since the last flush, the manifest, the entry), where
-        // inserts share one buffer and one sync with that marker. The
-        // batch's atomicity is not needed: sled recovers its log up to the
-        // first torn message, so a crash before the flush below leaves a
-        // prefix of these entries, in index order, which is a valid log
-        // that openraft was never told was durable.
-        for (entry, bytes) in writes {
-            let size = bytes.len();
-            self.log
-                .insert(index_key(entry.log_id.index), bytes)
-                .map_err(logs_write)?;
-            self.recent().push(entry, size);
-        }
+        let written = {
+            let mut file = self.file();
+            let written = file.append(
+                writes
+                    .iter()
+                    .map(|(entry, bytes)| (entry.log_id.index, bytes.as_slice())),
+            );
+            // The window changes with the log, under the same lock, so a
+            // reader never finds in it an entry the log does not hold.
+            if written.is_ok() {
+                let mut recent = self.recent();
+                for (entry, bytes) in writes {
+                    recent.push(entry, bytes.len());
+                }
+            }
+            written
+        };
         // Only data on disk may be reported durable: an acknowledged write
         // must survive a crash.
-        let flushed = crate::flush::flush(&self.db).await;
-        drop(gate);
-        match flushed {
-            Ok(_) => {
+        match Self::sync(written).await {
+            Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
             Err(e) => {
-                let io = std::io::Error::other(e.to_string());
-                callback.log_io_completed(Err(io));
+                callback.log_io_completed(Err(io::Error::new(e.kind(), e.to_string())));
                 Err(logs_write(e))
             }
         }
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // The window first: a reader must not be answered from it with an
-        // entry the log no longer holds.
-        self.recent().truncate(log_id.index);
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(index_key(log_id.index)..) {
-            let (key, _) = item.map_err(logs_read)?;
-            batch.remove(key);
-        }
-        {
-            let _gate = gate::enter().await;
-            self.log.apply_batch(batch).map_err(logs_write)?;
-        }
-        self.flush(ErrorSubject::Logs).await
+        let written = {
+            let mut file = self.file();
+            // The window first: a reader must not be answered from it with
+            // an entry the log no longer holds.
+            self.recent().truncate(log_id.index);
+            file.truncate(log_id.index)
+        };
+        Self::sync(written).await.map_err(logs_write)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -349,24 +399,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 None => return Ok(()),
             },
         };
-        // The marker goes first: entries at or below it are ignored even if
-        // a crash leaves some of them behind.
-        self.put_meta(PURGED_KEY, &log_id, ErrorSubject::Store)?;
-        self.recent().purge(log_id.index);
-        // The entries themselves go later, a few with each append (see
-        // `remove_some_purged`). Removing the 5 000-odd entries between two
-        // snapshots at once took sled 100-160 ms, and openraft's core
-        // awaits `purge`: every write stalled behind it (a 245 ms p99 in
-        // one round of 256 writers). Nothing reads at or below the marker
-        // (openraft asks only above it, the readers here skip it, a start
-        // ignores it), so the entries may stay a while; a crash first
-        // leaves them to the next purge.
-        self.unpurged = self.unpurged.max(Some(log_id.index));
-        Ok(())
+        let marker = encode(&log_id).map_err(logs_write)?;
+        let written = {
+            let mut file = self.file();
+            self.recent().purge(log_id.index);
+            file.purge(log_id.index, marker)
+        };
+        // The purge record must be on disk before the segments it frees
+        // go: a start that found them gone without it would see a log with
+        // a hole at its head.
+        Self::sync(written).await.map_err(logs_write)?;
+        self.file().delete_dead_segments().map_err(logs_write)
     }
 }
-
-/// How many purged entries an append removes: at a few hundred appends a
-/// second, the entries between two snapshots are gone within a few
-/// seconds, and no append carries more than a few dozen removals.
-const PURGE_CHUNK: usize = 32;

@@ -40,7 +40,9 @@ use crate::registry::Registry;
 use crate::session::Session;
 use crate::snapshot_files;
 use crate::state::RegistryState;
-use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{
+    Entry, LogId, NodeId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 
 const SM_TREE: &str = "sm";
 /// Before format 3: the tree holding the whole current snapshot and the
@@ -160,6 +162,8 @@ pub struct StateMachineStore {
     raft: Arc<std::sync::Mutex<RaftApplied>>,
     /// For durable snapshot writes.
     db: sled::Db,
+    /// sled's data file, synced after each flush (see `flush`).
+    db_file: Arc<std::fs::File>,
     /// The pointer to the current snapshot (and, before format 4, the
     /// stored state).
     sm: sled::Tree,
@@ -186,6 +190,7 @@ impl StateMachineStore {
             registry: Registry::new(RegistryState::default(), 0, feed),
             raft: Arc::new(std::sync::Mutex::new(RaftApplied::default())),
             db: dir.db.clone(),
+            db_file: Arc::clone(&dir.db_file),
             sm,
             snapshot_seq,
             snapshot_folder: snapshot_files::folder(&dir.path),
@@ -293,7 +298,8 @@ impl StateMachineStore {
         self.sm
             .apply_batch(batch)
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        self.db.flush().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        crate::flush::flush_blocking(&self.db, &self.db_file)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         Ok(())
     }
 
@@ -334,10 +340,12 @@ impl StateMachineStore {
                 .map_err(write)?;
         }
         // The pointer and the sequence are durable before the old tree goes.
-        self.db.flush().map_err(write)?;
+        crate::flush::flush_blocking(&self.db, &self.db_file)
+            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         drop(old_tree);
         self.db.drop_tree(OLD_SNAPSHOT_TREE).map_err(write)?;
-        self.db.flush().map_err(write)?;
+        crate::flush::flush_blocking(&self.db, &self.db_file)
+            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         Ok(())
     }
 
@@ -413,7 +421,7 @@ impl StateMachineStore {
             .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         {
             let _gate = gate::enter().await;
-            crate::flush::flush(&self.db)
+            crate::flush::flush(&self.db, &self.db_file)
                 .await
                 .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         }
@@ -579,8 +587,15 @@ pub fn open_stores(
     feed: FeedConfig,
 ) -> Result<(crate::log_store::LogStore, StateMachineStore), StorageError> {
     let sm = StateMachineStore::open(dir, feed)?;
-    let log = crate::log_store::LogStore::open(dir)
-        .map_err(|e| sm_err(ErrorVerb::Read, e))?
-        .purging_only_behind(sm.durable.clone());
+    // The message alone, which names the data dir and what is wrong: the
+    // error's type (`std::io::Error`) tells a reader nothing.
+    let log = crate::log_store::LogStore::open(dir).map_err(|e| {
+        StorageError::from(StorageIOError::<NodeId>::new(
+            ErrorSubject::Logs,
+            ErrorVerb::Read,
+            AnyError::error(e),
+        ))
+    })?;
+    let log = log.purging_only_behind(sm.durable.clone());
     Ok((log, sm))
 }

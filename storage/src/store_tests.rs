@@ -1,5 +1,5 @@
-//! Tests of the sled-backed stores: openraft's conformance suite, snapshots,
-//! restarts and the change feed, on real sled databases in temp dirs.
+//! Tests of the stores: openraft's conformance suite, snapshots, restarts
+//! and the change feed, on real data dirs (sled and log segments) in temp dirs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -1358,46 +1358,116 @@ fn answers_encode_as_before_removals_carried_their_index() {
     assert_eq!(postcard::to_allocvec(&refused).unwrap(), [1, 0, 1, b'm']);
 }
 
-/// A purge only sets the marker: the entries leave the disk a few with
-/// each later append, so that openraft's core, which awaits the purge,
-/// does not wait for thousands of removals. Meanwhile nothing reads them.
+/// A purge writes a record: the purged entries are never read again, and
+/// they leave the disk with the whole segments that hold nothing else.
 #[tokio::test]
-async fn purged_entries_leave_the_disk_with_later_appends_and_are_never_read() {
+async fn purged_entries_are_never_read_and_leave_with_their_segments() {
     let tmp = tempfile::tempdir().unwrap();
+    // Each open starts a segment: 1..=50 in one, 51..=100 in the next.
+    {
+        let (_dir, mut log) = open_log_alone(tmp.path());
+        log.blocking_append((1..=50).map(|i| blank(1, i)).collect::<Vec<_>>())
+            .await
+            .unwrap();
+    }
     let (_dir, mut log) = open_log_alone(tmp.path());
-    log.blocking_append((1..=100).map(|i| blank(1, i)).collect::<Vec<_>>())
+    log.blocking_append((51..=100).map(|i| blank(1, i)).collect::<Vec<_>>())
         .await
         .unwrap();
-    log.purge(lid(1, 80)).await.unwrap();
+    assert_eq!(log.segments_on_disk(), 2);
+    log.purge(lid(1, 40)).await.unwrap();
     assert_eq!(
-        log.entries_on_disk(),
-        100,
-        "the purge itself removes nothing"
+        log.segments_on_disk(),
+        2,
+        "41..=50 are still alive in the first"
     );
     assert_eq!(
         indexes(&all_entries(&mut log).await),
-        (81..=100).collect::<Vec<_>>()
+        (41..=100).collect::<Vec<_>>()
     );
     let mut reader = log.get_log_reader().await;
-    assert!(reader.try_get_log_entries(..=80).await.unwrap().is_empty());
+    assert!(reader.try_get_log_entries(..=40).await.unwrap().is_empty());
     assert_eq!(
         log.get_log_state().await.unwrap().last_purged_log_id,
-        Some(lid(1, 80))
+        Some(lid(1, 40))
     );
 
-    // Each append removes a few: 80 purged entries take three.
-    for i in 101..=103 {
-        log.blocking_append([blank(1, i)]).await.unwrap();
-    }
-    assert_eq!(log.entries_on_disk(), 23);
+    log.purge(lid(1, 60)).await.unwrap();
+    assert_eq!(log.segments_on_disk(), 1);
     assert_eq!(
         indexes(&all_entries(&mut log).await),
-        (81..=103).collect::<Vec<_>>()
+        (61..=100).collect::<Vec<_>>()
     );
 
-    // Purging everything leaves no last index, though the entries are
-    // still on disk until the next appends.
-    log.purge(lid(1, 103)).await.unwrap();
+    // Purging everything leaves no last index, and a start finds the same.
+    log.purge(lid(1, 100)).await.unwrap();
     assert_eq!(log.last_index(), None);
     assert!(all_entries(&mut log).await.is_empty());
+    drop(log);
+    drop(_dir);
+    let (_dir, mut log) = open_log_alone(tmp.path());
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(lid(1, 100)));
+    assert_eq!(state.last_log_id, Some(lid(1, 100)));
+    assert!(all_entries(&mut log).await.is_empty());
+}
+
+/// Format 5 and before kept the log in sled. Opening such a data dir moves
+/// the entries above the purge marker, the vote and both markers into the
+/// segment files, and drops the sled trees.
+#[tokio::test]
+async fn a_log_kept_in_sled_moves_into_the_segment_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vote = Vote::new_committed(3, 2);
+    {
+        let dir = DataDir::open(tmp.path(), CACHE).unwrap();
+        let log_tree = dir.db.open_tree("log").unwrap();
+        let meta = dir.db.open_tree("raft_meta").unwrap();
+        // Entries 1..=3 are purged but still on disk, as format 5 left them.
+        for i in 1..=8u64 {
+            log_tree
+                .insert(i.to_be_bytes(), crate::codec::encode(&blank(2, i)).unwrap())
+                .unwrap();
+        }
+        meta.insert("vote", crate::codec::encode(&vote).unwrap())
+            .unwrap();
+        meta.insert("committed", crate::codec::encode(&Some(lid(2, 6))).unwrap())
+            .unwrap();
+        meta.insert("last_purged", crate::codec::encode(&lid(2, 3)).unwrap())
+            .unwrap();
+        set_format(&dir, 5);
+        dir.db.flush().unwrap();
+    }
+    for _ in 0..2 {
+        let (dir, mut log) = open_log_alone(tmp.path());
+        assert_current_format(&dir);
+        let names = dir.db.tree_names();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.as_ref() == b"log" || n.as_ref() == b"raft_meta"),
+            "the sled trees are dropped"
+        );
+        assert_eq!(indexes(&all_entries(&mut log).await), [4, 5, 6, 7, 8]);
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(log.read_committed().await.unwrap(), Some(lid(2, 6)));
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(lid(2, 3)));
+        assert_eq!(state.last_log_id, Some(lid(2, 8)));
+    }
+}
+
+/// A data dir whose Raft log folder is gone must not start as a new node
+/// would: it could vote twice in a term, or lose acknowledged writes.
+#[tokio::test]
+async fn a_data_dir_that_lost_its_log_folder_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (_dir, mut log) = open_log_alone(tmp.path());
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+    }
+    std::fs::remove_dir_all(tmp.path().join("raft-log")).unwrap();
+    let dir = DataDir::open(tmp.path(), CACHE).unwrap();
+    let err = LogStore::open(&dir).unwrap_err();
+    assert!(err.to_string().contains("the folder raft-log/ is missing"), "{err}");
 }

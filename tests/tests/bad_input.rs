@@ -585,15 +585,16 @@ fn a_foreign_or_unreadable_data_dir_is_refused_clearly() {
     eprintln!("{}", report.join("\n"));
 }
 
-/// The sled log itself damaged: truncated, zeroed, bytes flipped or
-/// overwritten. sled 0.34 treats a damaged segment as the torn end of its
-/// log and silently drops it and everything after it, and a db file cut to
-/// nothing (or full of garbage) as a new, empty database; the node then
-/// starts with some or all acknowledged writes gone, sometimes under a new
-/// id (bootstrapping a new one-node cluster) and sometimes under its old id
-/// with an empty Raft log.
+/// The Raft log and the sled database damaged: truncated, zeroed, bytes
+/// flipped or overwritten. Until data dir format 6 the log was in sled,
+/// which treats a damaged segment as the torn end of its log and silently
+/// drops it and everything after it: the node started without
+/// acknowledged writes. The log's own segments tell a damaged record from
+/// one a crash cut short (`storage/src/log_file.rs`, `check_torn`) and
+/// refuse to start on the first; sled now holds only what a damaged
+/// database is refused for (the format, the node id) or rebuilt from (the
+/// snapshot pointer, with the log).
 #[test]
-#[ignore = "bug: sled 0.34 silently drops the log after a damaged segment (bytes flipped, file cut in half): the node starts without acknowledged writes instead of refusing. A database truncated to nothing or overwritten is now refused (the FUDDLE_NODE marker); a high-water mark of the durable log outside sled would catch the rest"]
 fn a_damaged_data_dir_is_refused_or_keeps_every_acknowledged_write() {
     let seed = seed();
     let good = good_data_dir("damaged", 8);
@@ -653,6 +654,47 @@ fn a_damaged_data_dir_is_refused_or_keeps_every_acknowledged_write() {
                 let mut bytes = std::fs::read(&f).unwrap();
                 for _ in 0..flips {
                     let at = g.below(bytes.len());
+                    bytes[at] ^= 1 + g.below(255) as u8;
+                }
+                std::fs::write(&f, bytes).unwrap();
+            }),
+        ));
+    }
+    // The log's segment (one: the node started once), in its written part.
+    let segment = |dir: &Path| {
+        files_under(&dir.join("raft-log"))
+            .pop()
+            .expect("a log segment")
+    };
+    let written = {
+        let bytes = std::fs::read(segment(&good.dir)).unwrap();
+        bytes.iter().rposition(|b| *b != 0).unwrap() + 1
+    };
+    cases.push((
+        "raft-log segment truncated to half".into(),
+        Box::new(move |dir: &Path| {
+            let f = segment(dir);
+            let len = std::fs::metadata(&f).unwrap().len();
+            let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+            file.set_len(len / 2).unwrap();
+        }),
+    ));
+    cases.push((
+        "raft-log removed".into(),
+        Box::new(move |dir: &Path| std::fs::remove_dir_all(dir.join("raft-log")).unwrap()),
+    ));
+    for i in 0..6u64 {
+        let mut g = Garbage::new(seed ^ (i + 11).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let flips = 1 + g.below(8);
+        cases.push((
+            format!(
+                "{flips} bytes of the raft-log segment's {written} written bytes changed (case {i})"
+            ),
+            Box::new(move |dir: &Path| {
+                let f = segment(dir);
+                let mut bytes = std::fs::read(&f).unwrap();
+                for _ in 0..flips {
+                    let at = g.below(written);
                     bytes[at] ^= 1 + g.below(255) as u8;
                 }
                 std::fs::write(&f, bytes).unwrap();

@@ -1,0 +1,734 @@
+//! The Raft log as segment files of our own, in `<data-dir>/raft-log/`:
+//! entries, the vote, the commit and purge markers, as checksummed records
+//! appended to preallocated files and synced with one `fdatasync`.
+//!
+//! Written by hand rather than kept in sled because of what sled costs on
+//! the write path, measured: each flush is a job for sled's I/O thread
+//! pool, whose queue wakes every idle thread (seven) for each job, and
+//! under 256 writers sled was 36% of a leader's samples, 24 points of them
+//! its pool (11 waking and going back to sleep). A log is only ever
+//! appended, cut at the tail and dropped at the head; a file written and
+//! synced on the calling thread does that with one `pwrite` and one
+//! `fdatasync` per append. No crate of the chosen stack offers such a log.
+//!
+//! Layout: segments named by a sequence number (`00000000000000000001.log`),
+//! each an 8-byte magic followed by records `[len u32][crc32 u32][body]`,
+//! little-endian, the CRC over the body; a body is `[kind u8][index u64]`
+//! followed by the record's bytes. Records are never rewritten: a
+//! truncation and a purge are records too, and replaying every segment in
+//! order rebuilds the log. A segment is preallocated (`set_len`), so a
+//! sync does not also have to record a new file size, and its unwritten
+//! rest reads as zeros, which end the replay.
+//!
+//! Invariants:
+//! - Every segment starts with a checkpoint (vote, commit and purge
+//!   markers), so dropping older segments loses no state.
+//! - The entries alive (appended, not truncated, not purged) lie in
+//!   segments in index order, so the segments before the one holding the
+//!   first of them hold nothing alive and are deleted after a purge.
+//! - A start never writes into a segment it found: it opens a new one. A
+//!   crash can leave a torn or half-synced tail (a record missing, a later
+//!   one present); replay stops at the first bad record, and writing after
+//!   it could make stale records after the new ones readable again.
+//!
+//! This module knows nothing about openraft: entries and markers are bytes
+//! (`log_store` encodes them).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read};
+use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The first bytes of every segment.
+const MAGIC: &[u8; 8] = b"FUDLOG1\n";
+
+/// A segment's preallocated size. Larger appends get a segment their size.
+const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// `[len u32][crc u32]` before each body.
+const RECORD_HEADER: u64 = 8;
+
+/// `[kind u8][index u64]` at the start of each body.
+const BODY_HEADER: usize = 9;
+
+/// An entry: `index` and its encoded bytes.
+const ENTRY: u8 = 1;
+/// Entries from `index` on are gone.
+const TRUNCATE: u8 = 2;
+/// Entries up to and including `index` are gone; the bytes are the marker.
+const PURGE: u8 = 3;
+/// The bytes are the vote.
+const VOTE: u8 = 4;
+/// The bytes are the commit marker.
+const COMMITTED: u8 = 5;
+
+/// Where an entry's bytes are.
+#[derive(Debug, Clone, Copy)]
+struct Location {
+    /// The segment's sequence number.
+    segment: u64,
+    /// The offset of the entry's bytes in the segment.
+    offset: u64,
+    /// How many bytes.
+    len: u32,
+}
+
+/// The log, its markers, and where every live entry is.
+#[derive(Debug)]
+pub(crate) struct LogFile {
+    /// The `raft-log` folder, for new segments and messages.
+    dir: PathBuf,
+    /// Every segment file still on disk, by sequence number; readers and
+    /// the writer share the handles.
+    segments: BTreeMap<u64, Arc<File>>,
+    /// The segment being appended to (the last of `segments`).
+    active: u64,
+    /// Where the next record goes in the active segment.
+    write_at: u64,
+    /// The active segment's size, past which a new segment is needed.
+    capacity: u64,
+    /// The live entries by index. Usually contiguous; a purge cut short by
+    /// an installing snapshot leaves a hole (see `LogStore::purged_past_a_hole`).
+    entries: BTreeMap<u64, Location>,
+    /// The vote, as stored.
+    vote: Option<Vec<u8>>,
+    /// The commit marker, as stored.
+    committed: Option<Vec<u8>>,
+    /// Whether the commit marker changed since it was last written: it goes
+    /// out with the next record written, and it needs no sync of its own
+    /// (openraft re-derives a lost one).
+    committed_unwritten: bool,
+    /// The last purged index and its marker, as stored.
+    purged: Option<(u64, Vec<u8>)>,
+}
+
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// Appends one record to `buf`.
+fn push_record(buf: &mut Vec<u8>, kind: u8, index: u64, data: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(BODY_HEADER + data.len()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a log record of {} bytes is over 4 GiB", data.len()),
+        )
+    })?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&[kind]);
+    hasher.update(&index.to_le_bytes());
+    hasher.update(data);
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&hasher.finalize().to_le_bytes());
+    buf.push(kind);
+    buf.extend_from_slice(&index.to_le_bytes());
+    buf.extend_from_slice(data);
+    Ok(())
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("{seq:020}.log")
+}
+
+/// What a record that fails its check is: cut short by a crash, which ends
+/// the log there, or damaged, which stops the start with an error.
+///
+/// A segment is preallocated and a record never rewritten, so a write that
+/// a crash cut short left some of its sectors unwritten: zeros from the
+/// record's start to a sector's end, or over a whole sector (a sector is
+/// written whole or not at all). Bytes changed
+/// in place (a flipped bit, a bad block read back) leave no such run. etcd's
+/// write-ahead log tells the two apart the same way. What this cannot see:
+/// a damaged length that makes the last record reach into the zeros after
+/// it, and a whole damaged sector that reads as zeros.
+fn check_torn(file: &File, at: u64, end: u64) -> io::Result<()> {
+    const SECTOR: u64 = 512;
+    let mut bytes = vec![0; (end - at) as usize];
+    file.read_exact_at(&mut bytes, at)?;
+    let mut start = at;
+    while start < end {
+        let stop = ((start / SECTOR + 1) * SECTOR).min(end);
+        let chunk = &bytes[(start - at) as usize..(stop - at) as usize];
+        if chunk.iter().all(|b| *b == 0) {
+            return Ok(());
+        }
+        start = stop;
+    }
+    Err(invalid(format!(
+        "a damaged record at offset {at} (its checksum fails, and it is not a write \
+         that a crash cut short)"
+    )))
+}
+
+/// Makes a new or removed directory entry durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl LogFile {
+    /// Opens the log in `dir` (creating it if needed), replays every
+    /// segment, and starts a new one to append to.
+    pub(crate) fn open(dir: &Path) -> io::Result<LogFile> {
+        std::fs::create_dir_all(dir)?;
+        let mut seqs = Vec::new();
+        for item in std::fs::read_dir(dir)? {
+            let name = item?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(seq) = name
+                .strip_suffix(".log")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                seqs.push(seq);
+            }
+        }
+        seqs.sort_unstable();
+        let mut log = LogFile {
+            dir: dir.to_path_buf(),
+            segments: BTreeMap::new(),
+            active: 0,
+            write_at: 0,
+            capacity: 0,
+            entries: BTreeMap::new(),
+            vote: None,
+            committed: None,
+            committed_unwritten: false,
+            purged: None,
+        };
+        for seq in seqs {
+            let path = dir.join(segment_name(seq));
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            log.replay(seq, &file)
+                .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+            log.segments.insert(seq, Arc::new(file));
+            log.active = seq;
+        }
+        log.start_segment(0)?;
+        Ok(log)
+    }
+
+    /// Whether `dir` holds any segment (a log that was never created, or
+    /// was lost, holds none).
+    pub(crate) fn exists(dir: &Path) -> io::Result<bool> {
+        match std::fs::read_dir(dir) {
+            Ok(items) => {
+                for item in items {
+                    if item?.file_name().to_string_lossy().ends_with(".log") {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Applies one segment's records, up to the first that is torn, to the
+    /// state.
+    fn replay(&mut self, seq: u64, file: &File) -> io::Result<()> {
+        let size = file.metadata()?.len();
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut magic = [0u8; 8];
+        if size < MAGIC.len() as u64 {
+            // Created, and the crash came before its header: empty.
+            return Ok(());
+        }
+        reader.read_exact(&mut magic)?;
+        if &magic != MAGIC {
+            if magic == [0; 8] {
+                // Preallocated, and the crash came before its header.
+                return Ok(());
+            }
+            return Err(invalid("not a Fuddle log segment".into()));
+        }
+        let mut at = MAGIC.len() as u64;
+        let mut body = Vec::new();
+        loop {
+            let mut header = [0u8; RECORD_HEADER as usize];
+            if at + RECORD_HEADER > size {
+                break;
+            }
+            reader.read_exact(&mut header)?;
+            if header == [0; RECORD_HEADER as usize] {
+                // The end: nothing was ever written here.
+                break;
+            }
+            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+            let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+            let end = at + RECORD_HEADER + u64::from(len);
+            if (len as usize) < BODY_HEADER || end > size {
+                // A length no write of ours makes: judge the header alone.
+                check_torn(file, at, at + RECORD_HEADER)?;
+                break;
+            }
+            body.resize(len as usize, 0);
+            reader.read_exact(&mut body)?;
+            if crc32fast::hash(&body) != crc {
+                check_torn(file, at, end)?;
+                break;
+            }
+            let index = u64::from_le_bytes(body[1..BODY_HEADER].try_into().expect("8 bytes"));
+            let data = &body[BODY_HEADER..];
+            let location = Location {
+                segment: seq,
+                offset: at + RECORD_HEADER + BODY_HEADER as u64,
+                len: len - BODY_HEADER as u32,
+            };
+            self.apply_record(body[0], index, data, location)
+                .map_err(|e| invalid(format!("at offset {at}: {e}")))?;
+            at += RECORD_HEADER + u64::from(len);
+        }
+        Ok(())
+    }
+
+    /// What a record does to the state, the same when it is written and
+    /// when it is replayed.
+    fn apply_record(
+        &mut self,
+        kind: u8,
+        index: u64,
+        data: &[u8],
+        location: Location,
+    ) -> Result<(), String> {
+        match kind {
+            ENTRY => self.put_entry(index, location),
+            TRUNCATE => {
+                self.entries.split_off(&index);
+            }
+            PURGE => self.drop_through(index, data.to_vec()),
+            VOTE => self.vote = Some(data.to_vec()),
+            COMMITTED => self.committed = Some(data.to_vec()),
+            other => return Err(format!("unknown record kind {other}")),
+        }
+        Ok(())
+    }
+
+    /// Records a live entry. An entry at or below the last replaces the
+    /// tail, as a truncation would (openraft truncates first anyway).
+    fn put_entry(&mut self, index: u64, location: Location) {
+        if self.last_index().is_some_and(|last| last >= index) {
+            self.entries.split_off(&index);
+        }
+        self.entries.insert(index, location);
+    }
+
+    /// Forgets the entries up to and including `index`, keeping `marker`.
+    fn drop_through(&mut self, index: u64, marker: Vec<u8>) {
+        self.entries = self.entries.split_off(&index.saturating_add(1));
+        self.purged = Some((index, marker));
+    }
+
+    /// Syncs the active segment and starts the next, holding a checkpoint,
+    /// with room for at least `room` bytes of records.
+    fn start_segment(&mut self, room: u64) -> io::Result<()> {
+        if let Some(file) = self.segments.get(&self.active) {
+            // Nothing written to the old segment may become durable after
+            // what goes to the new one.
+            file.sync_data()?;
+        }
+        let seq = self.active + 1;
+        let mut buf = MAGIC.to_vec();
+        if let Some(vote) = &self.vote {
+            push_record(&mut buf, VOTE, 0, vote)?;
+        }
+        if let Some(committed) = &self.committed {
+            push_record(&mut buf, COMMITTED, 0, committed)?;
+        }
+        if let Some((index, marker)) = &self.purged {
+            push_record(&mut buf, PURGE, *index, marker)?;
+        }
+        let capacity = SEGMENT_BYTES.max(buf.len() as u64 + room);
+        let path = self.dir.join(segment_name(seq));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        file.set_len(capacity)?;
+        file.write_all_at(&buf, 0)?;
+        file.sync_all()?;
+        sync_dir(&self.dir)?;
+        self.segments.insert(seq, Arc::new(file));
+        self.active = seq;
+        self.write_at = buf.len() as u64;
+        self.capacity = capacity;
+        self.committed_unwritten = false;
+        Ok(())
+    }
+
+    /// Writes `records` (built by `push_record`, with `locations` relative
+    /// to their start) after the commit marker if it changed, starting a
+    /// new segment if they do not fit, and returns the segment to sync.
+    fn write(
+        &mut self,
+        mut records: Vec<u8>,
+        entries: &[(u64, u64, u32)],
+    ) -> io::Result<Arc<File>> {
+        let mut prefix = Vec::new();
+        match &self.committed {
+            Some(committed) if self.committed_unwritten => {
+                push_record(&mut prefix, COMMITTED, 0, committed)?;
+            }
+            _ => {}
+        }
+        let total = (prefix.len() + records.len()) as u64;
+        if self.write_at + total > self.capacity {
+            // The new segment's checkpoint carries the commit marker.
+            self.start_segment(records.len() as u64)?;
+            prefix.clear();
+        }
+        let base = self.write_at + prefix.len() as u64;
+        prefix.append(&mut records);
+        let file = Arc::clone(&self.segments[&self.active]);
+        file.write_all_at(&prefix, self.write_at)?;
+        self.write_at += prefix.len() as u64;
+        self.committed_unwritten = false;
+        for &(index, offset, len) in entries {
+            let location = Location {
+                segment: self.active,
+                offset: base + offset,
+                len,
+            };
+            self.put_entry(index, location);
+        }
+        Ok(file)
+    }
+
+    /// Writes entries (index and encoded bytes, in index order); the caller
+    /// syncs the returned segment before reporting them durable.
+    pub(crate) fn append<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (u64, &'a [u8])>,
+    ) -> io::Result<Arc<File>> {
+        let mut records = Vec::new();
+        let mut locations = Vec::new();
+        for (index, bytes) in entries {
+            let offset = records.len() as u64 + RECORD_HEADER + BODY_HEADER as u64;
+            push_record(&mut records, ENTRY, index, bytes)?;
+            locations.push((index, offset, bytes.len() as u32));
+        }
+        self.write(records, &locations)
+    }
+
+    /// Writes the vote; the caller syncs the returned segment.
+    pub(crate) fn set_vote(&mut self, vote: Vec<u8>) -> io::Result<Arc<File>> {
+        let mut record = Vec::new();
+        push_record(&mut record, VOTE, 0, &vote)?;
+        let file = self.write(record, &[])?;
+        self.vote = Some(vote);
+        Ok(file)
+    }
+
+    /// Keeps the commit marker; it is written with the next record.
+    pub(crate) fn set_committed(&mut self, committed: Vec<u8>) {
+        self.committed = Some(committed);
+        self.committed_unwritten = true;
+    }
+
+    /// Removes the entries from `index` on; the caller syncs the returned
+    /// segment.
+    pub(crate) fn truncate(&mut self, index: u64) -> io::Result<Arc<File>> {
+        let mut record = Vec::new();
+        push_record(&mut record, TRUNCATE, index, &[])?;
+        let file = self.write(record, &[])?;
+        self.entries.split_off(&index);
+        Ok(file)
+    }
+
+    /// Removes the entries up to and including `index` and keeps `marker`;
+    /// the caller syncs the returned segment, then calls
+    /// `delete_dead_segments` (a segment deleted before the purge is
+    /// durable would leave a log with a hole at its start).
+    pub(crate) fn purge(&mut self, index: u64, marker: Vec<u8>) -> io::Result<Arc<File>> {
+        let mut record = Vec::new();
+        push_record(&mut record, PURGE, index, &marker)?;
+        let file = self.write(record, &[])?;
+        self.drop_through(index, marker);
+        Ok(file)
+    }
+
+    /// Deletes the segments before the one holding the first live entry
+    /// (all but the active one if none is alive): they hold nothing a
+    /// replay needs, as the later segments' checkpoints hold the markers.
+    pub(crate) fn delete_dead_segments(&mut self) -> io::Result<()> {
+        let keep_from = self
+            .entries
+            .values()
+            .next()
+            .map_or(self.active, |l| l.segment);
+        let dead: Vec<u64> = self.segments.range(..keep_from).map(|(s, _)| *s).collect();
+        for seq in &dead {
+            self.segments.remove(seq);
+            std::fs::remove_file(self.dir.join(segment_name(*seq)))?;
+        }
+        if !dead.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// The vote, as stored.
+    pub(crate) fn vote(&self) -> Option<&[u8]> {
+        self.vote.as_deref()
+    }
+
+    /// The commit marker, as stored.
+    pub(crate) fn committed(&self) -> Option<&[u8]> {
+        self.committed.as_deref()
+    }
+
+    /// The purge marker, as stored.
+    pub(crate) fn purged(&self) -> Option<&[u8]> {
+        self.purged.as_ref().map(|(_, m)| m.as_slice())
+    }
+
+    /// The last live entry's index.
+    pub(crate) fn last_index(&self) -> Option<u64> {
+        self.entries.keys().next_back().copied()
+    }
+
+    /// Whether the entry at `index` is live.
+    pub(crate) fn contains(&self, index: u64) -> bool {
+        self.entries.contains_key(&index)
+    }
+
+    /// How many segment files are on disk.
+    #[cfg(test)]
+    pub(crate) fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The live entries in `range`, in index order, as stored.
+    pub(crate) fn read_range(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for (index, location) in self.entries.range(range) {
+            let file = self.segments.get(&location.segment).ok_or_else(|| {
+                invalid(format!(
+                    "{}: entry {index} is in segment {} which is gone",
+                    self.dir.display(),
+                    location.segment
+                ))
+            })?;
+            let mut bytes = vec![0; location.len as usize];
+            file.read_exact_at(&mut bytes, location.offset)?;
+            out.push(bytes);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for LogFile {
+    /// A commit marker not yet written goes out on a clean close, so that a
+    /// restart applies as far as it can at once. Best effort: a lost marker
+    /// costs only that.
+    fn drop(&mut self) {
+        if !self.committed_unwritten {
+            return;
+        }
+        if let Ok(file) = self.write(Vec::new(), &[]) {
+            let _ = file.sync_data();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(log: &LogFile) -> Vec<(u64, Vec<u8>)> {
+        let indexes: Vec<u64> = log.entries.keys().copied().collect();
+        indexes
+            .into_iter()
+            .zip(log.read_range(..).unwrap())
+            .collect()
+    }
+
+    fn bytes(i: u64) -> Vec<u8> {
+        format!("entry {i}").into_bytes()
+    }
+
+    fn append(log: &mut LogFile, range: std::ops::RangeInclusive<u64>) {
+        let data: Vec<(u64, Vec<u8>)> = range.map(|i| (i, bytes(i))).collect();
+        let file = log
+            .append(data.iter().map(|(i, b)| (*i, b.as_slice())))
+            .unwrap();
+        file.sync_data().unwrap();
+    }
+
+    fn expected(range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
+        range.map(|i| (i, bytes(i))).collect()
+    }
+
+    #[test]
+    fn records_replay_to_the_same_log_and_markers() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut log = LogFile::open(tmp.path()).unwrap();
+            append(&mut log, 1..=10);
+            log.set_vote(b"vote 1".to_vec()).unwrap();
+            log.truncate(8).unwrap();
+            append(&mut log, 8..=12);
+            log.set_committed(b"commit 9".to_vec());
+            log.purge(3, b"purged 3".to_vec())
+                .unwrap()
+                .sync_data()
+                .unwrap();
+            log.delete_dead_segments().unwrap();
+            assert_eq!(entries(&log), expected(4..=12));
+        }
+        let log = LogFile::open(tmp.path()).unwrap();
+        assert_eq!(entries(&log), expected(4..=12));
+        assert_eq!(log.vote(), Some(&b"vote 1"[..]));
+        assert_eq!(log.committed(), Some(&b"commit 9"[..]));
+        assert_eq!(log.purged(), Some(&b"purged 3"[..]));
+        assert_eq!(log.last_index(), Some(12));
+        assert!(log.contains(4) && !log.contains(3));
+    }
+
+    #[test]
+    fn a_torn_tail_ends_the_replay_and_the_next_start_writes_elsewhere() {
+        let tmp = tempfile::tempdir().unwrap();
+        let segment;
+        let torn_at;
+        {
+            let mut log = LogFile::open(tmp.path()).unwrap();
+            append(&mut log, 1..=3);
+            torn_at = log.write_at;
+            append(&mut log, 4..=6);
+            segment = tmp.path().join(segment_name(log.active));
+        }
+        // Entry 4's record never reached the disk while entries 5 and 6,
+        // written with it, did: a half-synced write can leave that.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        let record = RECORD_HEADER as usize + BODY_HEADER + bytes(4).len();
+        file.write_all_at(&vec![0; record], torn_at).unwrap();
+        drop(file);
+
+        let mut log = LogFile::open(tmp.path()).unwrap();
+        assert_eq!(entries(&log), expected(1..=3));
+        append(&mut log, 4..=4);
+        drop(log);
+        // Entries 5 and 6 stay unreadable: the new 4 went to a new segment.
+        let log = LogFile::open(tmp.path()).unwrap();
+        assert_eq!(entries(&log), expected(1..=4));
+    }
+
+    #[test]
+    fn a_damaged_record_stops_the_start_and_a_torn_one_does_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let segment;
+        let second;
+        let last;
+        {
+            let mut log = LogFile::open(tmp.path()).unwrap();
+            append(&mut log, 1..=1);
+            second = log.write_at;
+            append(&mut log, 2..=3);
+            last = log.write_at;
+            // Entry 4 spans sectors, so that a crash can tear it.
+            let big = vec![4u8; 1500];
+            log.append([(4, big.as_slice())])
+                .unwrap()
+                .sync_data()
+                .unwrap();
+            segment = tmp.path().join(segment_name(log.active));
+        }
+        let pristine = std::fs::read(&segment).unwrap();
+        let file = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&segment)
+                .unwrap()
+        };
+        // One byte of entry 2 flipped, in its body, then in its length.
+        for offset in [20, 0] {
+            std::fs::write(&segment, &pristine).unwrap();
+            let mut byte = [0u8; 1];
+            file().read_exact_at(&mut byte, second + offset).unwrap();
+            file()
+                .write_all_at(&[byte[0] ^ 0x01], second + offset)
+                .unwrap();
+            let err = LogFile::open(tmp.path()).unwrap_err();
+            assert!(err.to_string().contains("damaged record"), "{err}");
+            assert!(err.to_string().contains(&segment_name(1)), "{err}");
+        }
+        // The last record cut short: the sector after the one it starts in
+        // never written.
+        std::fs::write(&segment, &pristine).unwrap();
+        let next_sector = (last / 512 + 1) * 512;
+        file().write_all_at(&[0; 512], next_sector).unwrap();
+        let log = LogFile::open(tmp.path()).unwrap();
+        assert_eq!(entries(&log), expected(1..=3));
+    }
+
+    #[test]
+    fn a_purge_deletes_only_segments_with_nothing_alive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = LogFile::open(tmp.path()).unwrap();
+        log.set_vote(b"v".to_vec()).unwrap();
+        // Each start opens a segment: three segments of entries.
+        append(&mut log, 1..=5);
+        drop(log);
+        let mut log = LogFile::open(tmp.path()).unwrap();
+        append(&mut log, 6..=10);
+        drop(log);
+        let mut log = LogFile::open(tmp.path()).unwrap();
+        append(&mut log, 11..=15);
+        assert_eq!(log.segment_count(), 3);
+
+        log.purge(7, b"p7".to_vec()).unwrap();
+        log.delete_dead_segments().unwrap();
+        assert_eq!(log.segment_count(), 2, "the segment of 1..=5 is gone");
+        log.purge(15, b"p15".to_vec()).unwrap();
+        log.delete_dead_segments().unwrap();
+        assert_eq!(log.segment_count(), 1, "only the active segment is left");
+        drop(log);
+
+        // The markers survive in the checkpoint of the segment left.
+        let mut log = LogFile::open(tmp.path()).unwrap();
+        assert_eq!(log.vote(), Some(&b"v"[..]));
+        assert_eq!(log.purged(), Some(&b"p15"[..]));
+        assert_eq!(log.last_index(), None);
+        append(&mut log, 16..=16);
+        assert_eq!(entries(&log), expected(16..=16));
+    }
+
+    #[test]
+    fn a_full_segment_continues_in_the_next_with_its_markers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = LogFile::open(tmp.path()).unwrap();
+        log.set_vote(b"v".to_vec()).unwrap();
+        log.set_committed(b"c".to_vec());
+        // An append bigger than a segment gets a segment of its size.
+        let big = vec![7u8; SEGMENT_BYTES as usize];
+        log.append([(1, big.as_slice())])
+            .unwrap()
+            .sync_data()
+            .unwrap();
+        append(&mut log, 2..=3);
+        assert_eq!(log.segment_count(), 3);
+        drop(log);
+        let log = LogFile::open(tmp.path()).unwrap();
+        assert_eq!(log.read_range(1..=1).unwrap(), vec![big]);
+        assert_eq!(log.read_range(2..).unwrap(), vec![bytes(2), bytes(3)]);
+        assert_eq!(log.committed(), Some(&b"c"[..]));
+    }
+
+    #[test]
+    fn a_segment_that_is_not_ours_is_refused_with_its_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        drop(LogFile::open(tmp.path()).unwrap());
+        std::fs::write(tmp.path().join(segment_name(7)), b"something else").unwrap();
+        let err = LogFile::open(tmp.path()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains(&segment_name(7)), "{err}");
+    }
+}
