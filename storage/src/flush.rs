@@ -1,6 +1,6 @@
 //! Making data durable without holding up the async runtime: sled's flush
-//! and a log segment's sync, run on the calling thread with tokio told that
-//! it blocks.
+//! and the log's writes and syncs, run on the calling thread with tokio
+//! told that it blocks.
 //!
 //! sled 0.34's `flush_async` hands the flush to sled's thread pool, whose
 //! queue wakes every idle pool thread (seven or more) for each job with
@@ -48,13 +48,15 @@ async fn sync_all(file: Arc<File>) -> std::io::Result<()> {
         .map_err(std::io::Error::other)?
 }
 
-/// Syncs a file's data (`fdatasync`).
-pub async fn sync_data(file: Arc<File>) -> std::io::Result<()> {
+/// Runs blocking work (writes and syncs of the log) from async code.
+pub async fn blocking<R: Send + 'static>(
+    work: impl FnOnce() -> R + Send + 'static,
+) -> std::io::Result<R> {
     if can_block_in_place() {
-        tokio::task::block_in_place(|| file.sync_data())
+        Ok(tokio::task::block_in_place(work))
     } else {
-        tokio::task::spawn_blocking(move || file.sync_data())
+        tokio::task::spawn_blocking(work)
             .await
-            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)
     }
 }

@@ -30,6 +30,11 @@
 //!   crash can leave a torn or half-synced tail (a record missing, a later
 //!   one present); replay stops at the first bad record, and writing after
 //!   it could make stale records after the new ones readable again.
+//! - A segment is synced whole before the next is opened, and each
+//!   segment says whether a start or a full segment opened it (`ORIGIN`):
+//!   a torn end is accepted only where a crash can have left one, the
+//!   numbers of the segments on disk have no gap, and after a failed write
+//!   or sync the log takes no more writes.
 //!
 //! This module knows nothing about openraft: entries and markers are bytes
 //! (`log_store` encodes them).
@@ -46,7 +51,8 @@ use std::sync::Arc;
 const MAGIC: &[u8; 8] = b"FUDLOG1\n";
 
 /// A segment's preallocated size. Larger appends get a segment their size.
-const SEGMENT_BYTES: u64 = 64 << 20;
+/// Unit tests use small segments, to fill some.
+const SEGMENT_BYTES: u64 = if cfg!(test) { 1 << 20 } else { 64 << 20 };
 
 /// `[len u32][crc u32]` before each body.
 const RECORD_HEADER: u64 = 8;
@@ -64,6 +70,16 @@ const PURGE: u8 = 3;
 const VOTE: u8 = 4;
 /// The bytes are the commit marker.
 const COMMITTED: u8 = 5;
+/// How the segment came to be: `index` is `STARTED` or `ROTATED`. First
+/// in every segment.
+const ORIGIN: u8 = 6;
+
+/// A segment opened by a start: the one before it may end in a write that
+/// a crash cut short.
+const STARTED: u64 = 0;
+/// A segment opened because the one before it was full, which was synced
+/// whole first: a record that fails its check there is damage.
+const ROTATED: u64 = 1;
 
 /// Where an entry's bytes are.
 #[derive(Debug, Clone, Copy)]
@@ -103,6 +119,25 @@ pub(crate) struct LogFile {
     committed_unwritten: bool,
     /// The last purged index and its marker, as stored.
     purged: Option<(u64, Vec<u8>)>,
+    /// Set when a write or a sync failed: what is on disk after the last
+    /// good record is then unknown, so nothing more is written (a later
+    /// write at the same offset would leave stale bytes after it, which
+    /// the next start would take for damage).
+    failed: Option<String>,
+    /// How the segment being replayed came to be (`ORIGIN`'s record).
+    replay_origin: Option<u64>,
+}
+
+/// What replaying one segment found.
+#[derive(Debug, Clone, Copy)]
+struct Replayed {
+    /// The segment's `ORIGIN`, if it has one.
+    origin: Option<u64>,
+    /// It has no header: created, and a crash came before the header was
+    /// written (only possible for the last segment).
+    headerless: bool,
+    /// Its records end at one that a crash cut short.
+    torn: bool,
 }
 
 fn invalid(what: String) -> io::Error {
@@ -157,10 +192,41 @@ fn check_torn(file: &File, at: u64, end: u64) -> io::Result<()> {
         }
         start = stop;
     }
-    Err(invalid(format!(
+    Err(damaged(at))
+}
+
+fn damaged(at: u64) -> io::Error {
+    invalid(format!(
         "a damaged record at offset {at} (its checksum fails, and it is not a write \
          that a crash cut short)"
-    )))
+    ))
+}
+
+/// Whether a record that fails its check at `at` looks cut short by a
+/// crash (see `check_torn`).
+fn is_torn(file: &File, at: u64, end: u64) -> io::Result<bool> {
+    match check_torn(file, at, end) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The sequence numbers of the segments in `dir`, in order.
+fn segment_seqs(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    for item in std::fs::read_dir(dir)? {
+        let name = item?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(seq) = name
+            .strip_suffix(".log")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
 }
 
 /// Makes a new or removed directory entry durable.
@@ -172,19 +238,27 @@ impl LogFile {
     /// Opens the log in `dir` (creating it if needed), replays every
     /// segment, and starts a new one to append to.
     pub(crate) fn open(dir: &Path) -> io::Result<LogFile> {
-        std::fs::create_dir_all(dir)?;
-        let mut seqs = Vec::new();
-        for item in std::fs::read_dir(dir)? {
-            let name = item?.file_name();
-            let name = name.to_string_lossy();
-            if let Some(seq) = name
-                .strip_suffix(".log")
-                .and_then(|s| s.parse::<u64>().ok())
-            {
-                seqs.push(seq);
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            // The folder's own entry, in the data dir, must last too.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
             }
         }
-        seqs.sort_unstable();
+        let seqs = segment_seqs(dir)?;
+        // Only whole segments at the head are ever deleted: a gap is a
+        // segment lost.
+        for pair in seqs.windows(2) {
+            if pair[1] != pair[0] + 1 {
+                return Err(invalid(format!(
+                    "{}: segment {} is missing (found {} and {})",
+                    dir.display(),
+                    segment_name(pair[0] + 1),
+                    segment_name(pair[0]),
+                    segment_name(pair[1])
+                )));
+            }
+        }
         let mut log = LogFile {
             dir: dir.to_path_buf(),
             segments: BTreeMap::new(),
@@ -196,31 +270,43 @@ impl LogFile {
             committed: None,
             committed_unwritten: false,
             purged: None,
+            failed: None,
+            replay_origin: None,
         };
-        for seq in seqs {
+        let mut replayed = Vec::new();
+        for &seq in &seqs {
             let path = dir.join(segment_name(seq));
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            log.replay(seq, &file)
-                .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+            let found = log
+                .replay(seq, &file)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            replayed.push((path, found));
             log.segments.insert(seq, Arc::new(file));
             log.active = seq;
         }
-        log.start_segment(0)?;
+        // A segment followed by another can end early only if a crash hit
+        // it while it was the last: a torn end is damage when a full
+        // segment, not a start, opened the next one.
+        let written: Vec<_> = replayed.iter().filter(|(_, r)| !r.headerless).collect();
+        for pair in written.windows(2) {
+            let ((path, this), (_, next)) = (pair[0], pair[1]);
+            if this.torn && next.origin == Some(ROTATED) {
+                return Err(invalid(format!(
+                    "{}: its last record fails its check, though the segment was \
+                     synced whole before the next one was opened",
+                    path.display()
+                )));
+            }
+        }
+        log.start_segment(0, STARTED)?;
         Ok(log)
     }
 
     /// Whether `dir` holds any segment (a log that was never created, or
     /// was lost, holds none).
     pub(crate) fn exists(dir: &Path) -> io::Result<bool> {
-        match std::fs::read_dir(dir) {
-            Ok(items) => {
-                for item in items {
-                    if item?.file_name().to_string_lossy().ends_with(".log") {
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
-            }
+        match segment_seqs(dir) {
+            Ok(seqs) => Ok(!seqs.is_empty()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
@@ -228,22 +314,34 @@ impl LogFile {
 
     /// Applies one segment's records, up to the first that is torn, to the
     /// state.
-    fn replay(&mut self, seq: u64, file: &File) -> io::Result<()> {
+    fn replay(&mut self, seq: u64, file: &File) -> io::Result<Replayed> {
         let size = file.metadata()?.len();
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut magic = [0u8; 8];
+        let mut found = Replayed {
+            origin: None,
+            headerless: true,
+            torn: false,
+        };
         if size < MAGIC.len() as u64 {
             // Created, and the crash came before its header: empty.
-            return Ok(());
+            return Ok(found);
         }
         reader.read_exact(&mut magic)?;
         if &magic != MAGIC {
-            if magic == [0; 8] {
-                // Preallocated, and the crash came before its header.
-                return Ok(());
+            // Preallocated, and the crash (or a full disk) came before its
+            // header. No record was ever written to it: a segment takes
+            // records only once its header is synced. Damage that zeroed
+            // the header would leave records after it.
+            let mut head = vec![0u8; size.min(64 << 10) as usize];
+            file.read_exact_at(&mut head, 0)?;
+            if head.iter().all(|b| *b == 0) {
+                return Ok(found);
             }
-            return Err(invalid("not a Fuddle log segment".into()));
+            return Err(invalid("not a Fuddle log segment (no header)".into()));
         }
+        found.headerless = false;
+        self.replay_origin = None;
         let mut at = MAGIC.len() as u64;
         let mut body = Vec::new();
         loop {
@@ -261,13 +359,19 @@ impl LogFile {
             let end = at + RECORD_HEADER + u64::from(len);
             if (len as usize) < BODY_HEADER || end > size {
                 // A length no write of ours makes: judge the header alone.
-                check_torn(file, at, at + RECORD_HEADER)?;
+                if !is_torn(file, at, at + RECORD_HEADER)? {
+                    return Err(damaged(at));
+                }
+                found.torn = true;
                 break;
             }
             body.resize(len as usize, 0);
             reader.read_exact(&mut body)?;
             if crc32fast::hash(&body) != crc {
-                check_torn(file, at, end)?;
+                if !is_torn(file, at, end)? {
+                    return Err(damaged(at));
+                }
+                found.torn = true;
                 break;
             }
             let index = u64::from_le_bytes(body[1..BODY_HEADER].try_into().expect("8 bytes"));
@@ -281,7 +385,8 @@ impl LogFile {
                 .map_err(|e| invalid(format!("at offset {at}: {e}")))?;
             at += RECORD_HEADER + u64::from(len);
         }
-        Ok(())
+        found.origin = self.replay_origin;
+        Ok(found)
     }
 
     /// What a record does to the state, the same when it is written and
@@ -301,6 +406,7 @@ impl LogFile {
             PURGE => self.drop_through(index, data.to_vec()),
             VOTE => self.vote = Some(data.to_vec()),
             COMMITTED => self.committed = Some(data.to_vec()),
+            ORIGIN => self.replay_origin = Some(index),
             other => return Err(format!("unknown record kind {other}")),
         }
         Ok(())
@@ -323,14 +429,18 @@ impl LogFile {
 
     /// Syncs the active segment and starts the next, holding a checkpoint,
     /// with room for at least `room` bytes of records.
-    fn start_segment(&mut self, room: u64) -> io::Result<()> {
+    fn start_segment(&mut self, room: u64, origin: u64) -> io::Result<()> {
         if let Some(file) = self.segments.get(&self.active) {
             // Nothing written to the old segment may become durable after
             // what goes to the new one.
             file.sync_data()?;
         }
-        let seq = self.active + 1;
+        let seq = self
+            .active
+            .checked_add(1)
+            .ok_or_else(|| invalid(format!("{}: no segment number left", self.dir.display())))?;
         let mut buf = MAGIC.to_vec();
+        push_record(&mut buf, ORIGIN, origin, &[])?;
         if let Some(vote) = &self.vote {
             push_record(&mut buf, VOTE, 0, vote)?;
         }
@@ -347,10 +457,17 @@ impl LogFile {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        file.set_len(capacity)?;
-        file.write_all_at(&buf, 0)?;
-        file.sync_all()?;
-        sync_dir(&self.dir)?;
+        let made = file
+            .set_len(capacity)
+            .and_then(|()| file.write_all_at(&buf, 0))
+            .and_then(|()| file.sync_all())
+            .and_then(|()| sync_dir(&self.dir));
+        if let Err(e) = made {
+            // Best effort: a segment without its header holds nothing, and
+            // a start skips it anyway.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         self.segments.insert(seq, Arc::new(file));
         self.active = seq;
         self.write_at = buf.len() as u64;
@@ -362,7 +479,25 @@ impl LogFile {
     /// Writes `records` (built by `push_record`, with `locations` relative
     /// to their start) after the commit marker if it changed, starting a
     /// new segment if they do not fit, and returns the segment to sync.
-    fn write(
+    fn write(&mut self, records: Vec<u8>, entries: &[(u64, u64, u32)]) -> io::Result<Arc<File>> {
+        if let Some(failed) = &self.failed {
+            return Err(io::Error::other(format!(
+                "the log takes no more writes after an earlier failure: {failed}"
+            )));
+        }
+        let written = self.write_unchecked(records, entries);
+        if let Err(e) = &written {
+            self.fail(e);
+        }
+        written
+    }
+
+    /// Stops all later writes after `error` (see `failed`).
+    pub(crate) fn fail(&mut self, error: &io::Error) {
+        self.failed.get_or_insert_with(|| error.to_string());
+    }
+
+    fn write_unchecked(
         &mut self,
         mut records: Vec<u8>,
         entries: &[(u64, u64, u32)],
@@ -377,7 +512,7 @@ impl LogFile {
         let total = (prefix.len() + records.len()) as u64;
         if self.write_at + total > self.capacity {
             // The new segment's checkpoint carries the commit marker.
-            self.start_segment(records.len() as u64)?;
+            self.start_segment(records.len() as u64, ROTATED)?;
             prefix.clear();
         }
         let base = self.write_at + prefix.len() as u64;
@@ -525,7 +660,7 @@ impl Drop for LogFile {
     /// restart applies as far as it can at once. Best effort: a lost marker
     /// costs only that.
     fn drop(&mut self) {
-        if !self.committed_unwritten {
+        if !self.committed_unwritten || self.failed.is_some() {
             return;
         }
         if let Ok(file) = self.write(Vec::new(), &[]) {
@@ -722,13 +857,101 @@ mod tests {
         assert_eq!(log.committed(), Some(&b"c"[..]));
     }
 
+    /// A segment the next one was rotated from was synced whole: a record
+    /// there that fails its check is damage even if it looks torn (here
+    /// its payload holds a sector of zeros), or the log would go on after
+    /// a silent hole.
+    #[test]
+    fn a_torn_looking_record_in_a_full_segment_is_damage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let at;
+        {
+            let mut log = LogFile::open(tmp.path()).unwrap();
+            append(&mut log, 1..=1);
+            at = log.write_at;
+            let zeros = vec![0u8; 2048];
+            log.append([(2, zeros.as_slice())]).unwrap();
+            // Fill the segment: the next append rotates.
+            let filler = vec![9u8; (SEGMENT_BYTES / 2) as usize];
+            log.append([(3, filler.as_slice())]).unwrap();
+            log.append([(4, filler.as_slice())])
+                .unwrap()
+                .sync_data()
+                .unwrap();
+            assert_eq!(log.segment_count(), 2);
+        }
+        let segment = tmp.path().join(segment_name(1));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        // Entry 2's checksum changed.
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, at + 4).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x10], at + 4).unwrap();
+        let err = LogFile::open(tmp.path()).unwrap_err();
+        assert!(err.to_string().contains("synced whole"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_segment_is_refused_and_one_never_written_is_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        for i in 1..=3 {
+            let mut log = LogFile::open(tmp.path()).unwrap();
+            append(&mut log, i..=i);
+        }
+        // Three segments (each start opens one); a crash while the fourth
+        // was created, before its header, leaves it all zeros.
+        let file = File::create(tmp.path().join(segment_name(4))).unwrap();
+        file.set_len(4096).unwrap();
+        drop(file);
+        let mut log = LogFile::open(tmp.path()).unwrap();
+        assert_eq!(entries(&log), expected(1..=3));
+        append(&mut log, 4..=4);
+        drop(log);
+        assert_eq!(
+            entries(&LogFile::open(tmp.path()).unwrap()),
+            expected(1..=4)
+        );
+
+        std::fs::remove_file(tmp.path().join(segment_name(2))).unwrap();
+        let err = LogFile::open(tmp.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("segment {} is missing", segment_name(2))),
+            "{err}"
+        );
+    }
+
+    /// After a failed write the log takes no more: a later write at the
+    /// same offset would leave stale bytes after it, which the next start
+    /// would take for damage.
+    #[test]
+    fn a_failed_write_stops_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut log = LogFile::open(tmp.path()).unwrap();
+            append(&mut log, 1..=2);
+            log.fail(&io::Error::other("disk full"));
+            log.set_committed(b"c".to_vec());
+            let err = log.append([(3, &b"three"[..])]).unwrap_err();
+            assert!(err.to_string().contains("disk full"), "{err}");
+            assert!(log.set_vote(b"v".to_vec()).is_err());
+            assert!(log.truncate(1).is_err());
+        }
+        let log = LogFile::open(tmp.path()).unwrap();
+        assert_eq!(entries(&log), expected(1..=2));
+        assert_eq!(log.committed(), None, "nothing written after the failure");
+    }
+
     #[test]
     fn a_segment_that_is_not_ours_is_refused_with_its_path() {
         let tmp = tempfile::tempdir().unwrap();
         drop(LogFile::open(tmp.path()).unwrap());
-        std::fs::write(tmp.path().join(segment_name(7)), b"something else").unwrap();
+        std::fs::write(tmp.path().join(segment_name(2)), b"something else").unwrap();
         let err = LogFile::open(tmp.path()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(err.to_string().contains(&segment_name(7)), "{err}");
+        assert!(err.to_string().contains(&segment_name(2)), "{err}");
     }
 }

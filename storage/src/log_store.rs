@@ -71,6 +71,13 @@ fn logs_write(e: impl std::error::Error + 'static) -> StorageError {
     io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
+/// The segment files behind their lock. A panic while holding it (none is
+/// expected) leaves at worst a record written and not yet counted, which
+/// the next start replays.
+fn lock_file(file: &Mutex<LogFile>) -> MutexGuard<'_, LogFile> {
+    file.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn sled_io(e: sled::Error) -> io::Error {
     io::Error::other(e.to_string())
 }
@@ -101,11 +108,19 @@ impl LogStore {
 
     fn open_folder(dir: &DataDir) -> io::Result<LogStore> {
         let folder = dir.path.join(LOG_FOLDER);
-        let file = if import_pending(dir)? {
+        let created = dir.raft_log_created().map_err(io::Error::other)?;
+        let file = if import_pending(dir)? && !created {
             import_sled(dir, &folder)?
+        } else if created && import_pending(dir)? {
+            // An import finished (the marker is durable) and a crash came
+            // before sled's old trees were dropped for good: the folder is
+            // the log now, and must never be made again from what is left
+            // of those trees.
+            drop_old_trees(dir)?;
+            LogFile::open(&folder)?
         } else if LogFile::exists(&folder)? {
             LogFile::open(&folder)?
-        } else if dir.raft_log_created().map_err(io::Error::other)? {
+        } else if created {
             // Starting with no log after having had one could vote twice
             // in a term, or lose acknowledged writes.
             return Err(io::Error::new(
@@ -174,16 +189,29 @@ impl LogStore {
         self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The segment files. A panic while holding them (none is expected)
-    /// leaves at worst a record written and not yet counted, which the
-    /// next start replays.
+    /// The segment files.
     fn file(&self) -> MutexGuard<'_, LogFile> {
-        self.file.lock().unwrap_or_else(PoisonError::into_inner)
+        lock_file(&self.file)
     }
 
-    /// Syncs a segment that a write went to, off the async worker.
-    async fn sync(file: io::Result<Arc<File>>) -> io::Result<()> {
-        crate::flush::sync_data(file?).await
+    /// Runs `write` on the log and syncs the segment it wrote to, as
+    /// blocking work (a write may start a segment, a purge delete some:
+    /// syscalls that may take long). A failed sync stops the log's writes
+    /// (`LogFile::fail`): what reached the disk is then unknown.
+    async fn write_durably<R: Send + 'static>(
+        &self,
+        write: impl FnOnce(&mut LogFile) -> io::Result<(Arc<File>, R)> + Send + 'static,
+    ) -> io::Result<R> {
+        let shared = Arc::clone(&self.file);
+        crate::flush::blocking(move || {
+            let (segment, out) = write(&mut lock_file(&shared))?;
+            if let Err(e) = segment.sync_data() {
+                lock_file(&shared).fail(&e);
+                return Err(e);
+            }
+            Ok(out)
+        })
+        .await?
     }
 
     /// The highest log index present, if any (for status reports).
@@ -222,6 +250,8 @@ fn import_pending(dir: &DataDir) -> io::Result<bool> {
 /// starts over: the folder is made anew from them.
 fn import_sled(dir: &DataDir, folder: &Path) -> io::Result<LogFile> {
     if folder.exists() {
+        // Left by an import that a crash cut short (the marker that it
+        // finished is not set): made again from scratch.
         std::fs::remove_dir_all(folder)?;
     }
     let mut file = LogFile::open(folder)?;
@@ -258,10 +288,15 @@ fn import_sled(dir: &DataDir, folder: &Path) -> io::Result<LogFile> {
     file.append(batch.iter().map(|(i, v)| (*i, v.as_ref())))?
         .sync_data()?;
     dir.mark_raft_log_created().map_err(io::Error::other)?;
+    drop_old_trees(dir)?;
+    Ok(file)
+}
+
+/// Drops the sled trees that held the log before format 6, durably.
+fn drop_old_trees(dir: &DataDir) -> io::Result<()> {
     dir.db.drop_tree(OLD_LOG_TREE).map_err(sled_io)?;
     dir.db.drop_tree(OLD_META_TREE).map_err(sled_io)?;
-    dir.flush_durably().map_err(io::Error::other)?;
-    Ok(file)
+    dir.flush_durably().map_err(io::Error::other)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -310,9 +345,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let bytes = encode(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
-        let written = self.file().set_vote(bytes);
         // A vote must survive a crash, or the node could vote twice in a term.
-        Self::sync(written)
+        self.write_durably(move |file| Ok((file.set_vote(bytes)?, ())))
             .await
             .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
@@ -349,26 +383,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = encode(&entry).map_err(logs_write)?;
             writes.push((entry, bytes));
         }
-        let written = {
-            let mut file = self.file();
-            let written = file.append(
+        let recent = Arc::clone(&self.recent);
+        let written = self.write_durably(move |file| {
+            let segment = file.append(
                 writes
                     .iter()
                     .map(|(entry, bytes)| (entry.log_id.index, bytes.as_slice())),
-            );
+            )?;
             // The window changes with the log, under the same lock, so a
             // reader never finds in it an entry the log does not hold.
-            if written.is_ok() {
-                let mut recent = self.recent();
-                for (entry, bytes) in writes {
-                    recent.push(entry, bytes.len());
-                }
+            let mut recent = recent.lock().unwrap_or_else(PoisonError::into_inner);
+            for (entry, bytes) in writes {
+                recent.push(entry, bytes.len());
             }
-            written
-        };
+            Ok((segment, ()))
+        });
         // Only data on disk may be reported durable: an acknowledged write
         // must survive a crash.
-        match Self::sync(written).await {
+        match written.await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -381,14 +413,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let written = {
-            let mut file = self.file();
+        let recent = Arc::clone(&self.recent);
+        self.write_durably(move |file| {
             // The window first: a reader must not be answered from it with
             // an entry the log no longer holds.
-            self.recent().truncate(log_id.index);
-            file.truncate(log_id.index)
-        };
-        Self::sync(written).await.map_err(logs_write)
+            let mut recent = recent.lock().unwrap_or_else(PoisonError::into_inner);
+            recent.truncate(log_id.index);
+            Ok((file.truncate(log_id.index)?, ()))
+        })
+        .await
+        .map_err(logs_write)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -400,15 +434,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             },
         };
         let marker = encode(&log_id).map_err(logs_write)?;
-        let written = {
-            let mut file = self.file();
-            self.recent().purge(log_id.index);
-            file.purge(log_id.index, marker)
-        };
-        // The purge record must be on disk before the segments it frees
-        // go: a start that found them gone without it would see a log with
-        // a hole at its head.
-        Self::sync(written).await.map_err(logs_write)?;
-        self.file().delete_dead_segments().map_err(logs_write)
+        let recent = Arc::clone(&self.recent);
+        self.write_durably(move |file| {
+            let mut recent = recent.lock().unwrap_or_else(PoisonError::into_inner);
+            recent.purge(log_id.index);
+            Ok((file.purge(log_id.index, marker)?, ()))
+        })
+        .await
+        .map_err(logs_write)?;
+        // The purge record is on disk before the segments it frees go: a
+        // start that found them gone without it would see a log with a
+        // hole at its head.
+        let shared = Arc::clone(&self.file);
+        crate::flush::blocking(move || lock_file(&shared).delete_dead_segments())
+            .await
+            .and_then(|deleted| deleted)
+            .map_err(logs_write)
     }
 }

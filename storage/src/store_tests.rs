@@ -1457,6 +1457,47 @@ async fn a_log_kept_in_sled_moves_into_the_segment_files() {
     }
 }
 
+/// An import that finished, then a crash before sled dropped the old
+/// trees for good (one dropped, the other not): the folder is the log,
+/// and the trees left are dropped, not imported again.
+#[tokio::test]
+async fn a_finished_import_is_not_redone_from_trees_left_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let dir = DataDir::open(tmp.path(), CACHE).unwrap();
+        let log_tree = dir.db.open_tree("log").unwrap();
+        for i in 1..=5u64 {
+            log_tree
+                .insert(i.to_be_bytes(), crate::codec::encode(&blank(2, i)).unwrap())
+                .unwrap();
+        }
+        set_format(&dir, 5);
+        dir.db.flush().unwrap();
+    }
+    {
+        let (_dir, mut log) = open_log_alone(tmp.path());
+        assert_eq!(indexes(&all_entries(&mut log).await), [1, 2, 3, 4, 5]);
+    }
+    {
+        // What such a crash leaves: the entries' tree gone, the markers'
+        // tree still there.
+        let dir = DataDir::open(tmp.path(), CACHE).unwrap();
+        let meta = dir.db.open_tree("raft_meta").unwrap();
+        meta.insert("vote", crate::codec::encode(&Vote::new(1, 1)).unwrap())
+            .unwrap();
+        dir.db.flush().unwrap();
+    }
+    let (dir, mut log) = open_log_alone(tmp.path());
+    assert_eq!(indexes(&all_entries(&mut log).await), [1, 2, 3, 4, 5]);
+    assert!(
+        !dir.db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"raft_meta"),
+        "the tree left is dropped"
+    );
+}
+
 /// A data dir whose Raft log folder is gone must not start as a new node
 /// would: it could vote twice in a term, or lose acknowledged writes.
 #[tokio::test]
@@ -1469,5 +1510,8 @@ async fn a_data_dir_that_lost_its_log_folder_is_refused() {
     std::fs::remove_dir_all(tmp.path().join("raft-log")).unwrap();
     let dir = DataDir::open(tmp.path(), CACHE).unwrap();
     let err = LogStore::open(&dir).unwrap_err();
-    assert!(err.to_string().contains("the folder raft-log/ is missing"), "{err}");
+    assert!(
+        err.to_string().contains("the folder raft-log/ is missing"),
+        "{err}"
+    );
 }
