@@ -12,8 +12,9 @@
 //! `fdatasync` per append. No crate of the chosen stack offers such a log.
 //!
 //! Layout: segments named by a sequence number (`00000000000000000001.log`),
-//! each an 8-byte magic followed by records `[len u32][crc32 u32][body]`,
-//! little-endian, the CRC over the body; a body is `[kind u8][index u64]`
+//! each an 8-byte magic followed by records
+//! `[len u32][crc32 of len u32][crc32 of body u32][body]`, little-endian;
+//! a body is `[kind u8][index u64]`
 //! followed by the record's bytes. Records are never rewritten: a
 //! truncation and a purge are records too, and replaying every segment in
 //! order rebuilds the log. A segment is preallocated (`set_len`), so a
@@ -54,8 +55,11 @@ const MAGIC: &[u8; 8] = b"FUDLOG1\n";
 /// Unit tests use small segments, to fill some.
 const SEGMENT_BYTES: u64 = if cfg!(test) { 1 << 20 } else { 64 << 20 };
 
-/// `[len u32][crc u32]` before each body.
-const RECORD_HEADER: u64 = 8;
+/// `[len u32][crc32 of len u32][crc32 of body u32]` before each body. The
+/// length has a checksum of its own so that a damaged length is told from
+/// a torn record: trusted, it would stretch the record over the records
+/// after it into the zeros past the log's end, which look torn.
+const RECORD_HEADER: u64 = 12;
 
 /// `[kind u8][index u64]` at the start of each body.
 const BODY_HEADER: usize = 9;
@@ -157,6 +161,7 @@ fn push_record(buf: &mut Vec<u8>, kind: u8, index: u64, data: &[u8]) -> io::Resu
     hasher.update(&index.to_le_bytes());
     hasher.update(data);
     buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(&len.to_le_bytes()).to_le_bytes());
     buf.extend_from_slice(&hasher.finalize().to_le_bytes());
     buf.push(kind);
     buf.extend_from_slice(&index.to_le_bytes());
@@ -354,11 +359,15 @@ impl LogFile {
                 // The end: nothing was ever written here.
                 break;
             }
-            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-            let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+            let len_bytes: [u8; 4] = header[..4].try_into().expect("4 bytes");
+            let len_crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+            let crc = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
+            let len = u32::from_le_bytes(len_bytes);
             let end = at + RECORD_HEADER + u64::from(len);
-            if (len as usize) < BODY_HEADER || end > size {
-                // A length no write of ours makes: judge the header alone.
+            if crc32fast::hash(&len_bytes) != len_crc || (len as usize) < BODY_HEADER || end > size
+            {
+                // A length that is not the one written: judge the header
+                // alone.
                 if !is_torn(file, at, at + RECORD_HEADER)? {
                     return Err(damaged(at));
                 }
@@ -783,8 +792,9 @@ mod tests {
                 .open(&segment)
                 .unwrap()
         };
-        // One byte of entry 2 flipped, in its body, then in its length.
-        for offset in [20, 0] {
+        // One byte of entry 2 flipped: in its body, in its length (which
+        // would stretch it into the zeros after the log), in its checksum.
+        for offset in [24, 1, 9] {
             std::fs::write(&segment, &pristine).unwrap();
             let mut byte = [0u8; 1];
             file().read_exact_at(&mut byte, second + offset).unwrap();
@@ -888,8 +898,8 @@ mod tests {
             .unwrap();
         // Entry 2's checksum changed.
         let mut byte = [0u8; 1];
-        file.read_exact_at(&mut byte, at + 4).unwrap();
-        file.write_all_at(&[byte[0] ^ 0x10], at + 4).unwrap();
+        file.read_exact_at(&mut byte, at + 8).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x10], at + 8).unwrap();
         let err = LogFile::open(tmp.path()).unwrap_err();
         assert!(err.to_string().contains("synced whole"), "{err}");
     }
