@@ -8,7 +8,7 @@
 //! per write (counted with `strace -c` under a single writer). Flushing on
 //! the calling thread, with tokio told that the thread blocks, costs none of
 //! that. On a current-thread runtime (some tests), where blocking in place
-//! is not allowed, the work goes to a blocking thread (sled: its pool).
+//! is not allowed, the work goes to a blocking thread.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -28,12 +28,8 @@ fn can_block_in_place() -> bool {
 /// cache nor records a grown file's size, so `file` (sled's data file,
 /// `db/db`) is then `fsync`ed too.
 pub async fn flush(db: &sled::Db, file: &Arc<File>) -> std::io::Result<()> {
-    if can_block_in_place() {
-        tokio::task::block_in_place(|| flush_blocking(db, file))
-    } else {
-        db.flush_async().await.map_err(std::io::Error::other)?;
-        sync_all(Arc::clone(file)).await
-    }
+    let (db, file) = (db.clone(), Arc::clone(file));
+    blocking(move || flush_blocking(&db, &file)).await?
 }
 
 /// `flush` for synchronous code (opening a data dir).
@@ -42,13 +38,8 @@ pub fn flush_blocking(db: &sled::Db, file: &File) -> std::io::Result<()> {
     file.sync_all()
 }
 
-async fn sync_all(file: Arc<File>) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(move || file.sync_all())
-        .await
-        .map_err(std::io::Error::other)?
-}
-
-/// Runs blocking work (writes and syncs of the log) from async code.
+/// Runs blocking work (flushes, and the log's writes and syncs) from async
+/// code.
 pub async fn blocking<R: Send + 'static>(
     work: impl FnOnce() -> R + Send + 'static,
 ) -> std::io::Result<R> {

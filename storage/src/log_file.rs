@@ -128,8 +128,6 @@ pub(crate) struct LogFile {
     /// write at the same offset would leave stale bytes after it, which
     /// the next start would take for damage).
     failed: Option<String>,
-    /// How the segment being replayed came to be (`ORIGIN`'s record).
-    replay_origin: Option<u64>,
 }
 
 /// What replaying one segment found.
@@ -173,18 +171,18 @@ fn segment_name(seq: u64) -> String {
     format!("{seq:020}.log")
 }
 
-/// What a record that fails its check is: cut short by a crash, which ends
-/// the log there, or damaged, which stops the start with an error.
+/// Whether the record at `at..end`, which fails its check, was cut short
+/// by a crash (the log ends there) rather than damaged (the start stops).
 ///
 /// A segment is preallocated and a record never rewritten, so a write that
 /// a crash cut short left some of its sectors unwritten: zeros from the
 /// record's start to a sector's end, or over a whole sector (a sector is
-/// written whole or not at all). Bytes changed
-/// in place (a flipped bit, a bad block read back) leave no such run. etcd's
-/// write-ahead log tells the two apart the same way. What this cannot see:
-/// a damaged length that makes the last record reach into the zeros after
-/// it, and a whole damaged sector that reads as zeros.
-fn check_torn(file: &File, at: u64, end: u64) -> io::Result<()> {
+/// written whole or not at all). Bytes changed in place (a flipped bit, a
+/// bad block read back) leave no such run. etcd's write-ahead log tells the
+/// two apart the same way. What this cannot see: a whole damaged sector
+/// that reads as zeros, and a damaged record whose own payload holds a
+/// sector of zeros.
+fn is_torn(file: &File, at: u64, end: u64) -> io::Result<bool> {
     const SECTOR: u64 = 512;
     let mut bytes = vec![0; (end - at) as usize];
     file.read_exact_at(&mut bytes, at)?;
@@ -193,11 +191,11 @@ fn check_torn(file: &File, at: u64, end: u64) -> io::Result<()> {
         let stop = ((start / SECTOR + 1) * SECTOR).min(end);
         let chunk = &bytes[(start - at) as usize..(stop - at) as usize];
         if chunk.iter().all(|b| *b == 0) {
-            return Ok(());
+            return Ok(true);
         }
         start = stop;
     }
-    Err(damaged(at))
+    Ok(false)
 }
 
 fn damaged(at: u64) -> io::Error {
@@ -205,16 +203,6 @@ fn damaged(at: u64) -> io::Error {
         "a damaged record at offset {at} (its checksum fails, and it is not a write \
          that a crash cut short)"
     ))
-}
-
-/// Whether a record that fails its check at `at` looks cut short by a
-/// crash (see `check_torn`).
-fn is_torn(file: &File, at: u64, end: u64) -> io::Result<bool> {
-    match check_torn(file, at, end) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 /// The sequence numbers of the segments in `dir`, in order.
@@ -276,7 +264,6 @@ impl LogFile {
             committed_unwritten: false,
             purged: None,
             failed: None,
-            replay_origin: None,
         };
         let mut replayed = Vec::new();
         for &seq in &seqs {
@@ -346,7 +333,6 @@ impl LogFile {
             return Err(invalid("not a Fuddle log segment (no header)".into()));
         }
         found.headerless = false;
-        self.replay_origin = None;
         let mut at = MAGIC.len() as u64;
         let mut body = Vec::new();
         loop {
@@ -390,44 +376,38 @@ impl LogFile {
                 offset: at + RECORD_HEADER + BODY_HEADER as u64,
                 len: len - BODY_HEADER as u32,
             };
-            self.apply_record(body[0], index, data, location)
-                .map_err(|e| invalid(format!("at offset {at}: {e}")))?;
+            // What each record does to the state; writing a record makes
+            // the same change through the same helpers.
+            match body[0] {
+                ENTRY => self.put_entry(index, location),
+                TRUNCATE => self.drop_from(index),
+                PURGE => self.drop_through(index, data.to_vec()),
+                VOTE => self.vote = Some(data.to_vec()),
+                COMMITTED => self.committed = Some(data.to_vec()),
+                ORIGIN => found.origin = Some(index),
+                other => {
+                    return Err(invalid(format!(
+                        "at offset {at}: unknown record kind {other}"
+                    )));
+                }
+            }
             at += RECORD_HEADER + u64::from(len);
         }
-        found.origin = self.replay_origin;
         Ok(found)
-    }
-
-    /// What a record does to the state, the same when it is written and
-    /// when it is replayed.
-    fn apply_record(
-        &mut self,
-        kind: u8,
-        index: u64,
-        data: &[u8],
-        location: Location,
-    ) -> Result<(), String> {
-        match kind {
-            ENTRY => self.put_entry(index, location),
-            TRUNCATE => {
-                self.entries.split_off(&index);
-            }
-            PURGE => self.drop_through(index, data.to_vec()),
-            VOTE => self.vote = Some(data.to_vec()),
-            COMMITTED => self.committed = Some(data.to_vec()),
-            ORIGIN => self.replay_origin = Some(index),
-            other => return Err(format!("unknown record kind {other}")),
-        }
-        Ok(())
     }
 
     /// Records a live entry. An entry at or below the last replaces the
     /// tail, as a truncation would (openraft truncates first anyway).
     fn put_entry(&mut self, index: u64, location: Location) {
         if self.last_index().is_some_and(|last| last >= index) {
-            self.entries.split_off(&index);
+            self.drop_from(index);
         }
         self.entries.insert(index, location);
+    }
+
+    /// Forgets the entries from `index` on.
+    fn drop_from(&mut self, index: u64) {
+        self.entries.split_off(&index);
     }
 
     /// Forgets the entries up to and including `index`, keeping `marker`.
@@ -485,9 +465,22 @@ impl LogFile {
         Ok(())
     }
 
-    /// Writes `records` (built by `push_record`, with `locations` relative
-    /// to their start) after the commit marker if it changed, starting a
-    /// new segment if they do not fit, and returns the segment to sync.
+    /// A buffer for the next write's records: it starts with the commit
+    /// marker if that changed since it was last written.
+    fn records(&self) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        match &self.committed {
+            Some(committed) if self.committed_unwritten => {
+                push_record(&mut buf, COMMITTED, 0, committed)?;
+            }
+            _ => {}
+        }
+        Ok(buf)
+    }
+
+    /// Writes `records` (begun by `records`, with each entry's offset
+    /// relative to their start), starting a new segment if they do not
+    /// fit, and returns the segment to sync.
     fn write(&mut self, records: Vec<u8>, entries: &[(u64, u64, u32)]) -> io::Result<Arc<File>> {
         if let Some(failed) = &self.failed {
             return Err(io::Error::other(format!(
@@ -508,27 +501,18 @@ impl LogFile {
 
     fn write_unchecked(
         &mut self,
-        mut records: Vec<u8>,
+        records: Vec<u8>,
         entries: &[(u64, u64, u32)],
     ) -> io::Result<Arc<File>> {
-        let mut prefix = Vec::new();
-        match &self.committed {
-            Some(committed) if self.committed_unwritten => {
-                push_record(&mut prefix, COMMITTED, 0, committed)?;
-            }
-            _ => {}
-        }
-        let total = (prefix.len() + records.len()) as u64;
-        if self.write_at + total > self.capacity {
-            // The new segment's checkpoint carries the commit marker.
+        if self.write_at + records.len() as u64 > self.capacity {
+            // The commit marker the records may start with is then in the
+            // new segment twice (its checkpoint too), which is harmless.
             self.start_segment(records.len() as u64, ROTATED)?;
-            prefix.clear();
         }
-        let base = self.write_at + prefix.len() as u64;
-        prefix.append(&mut records);
+        let base = self.write_at;
         let file = Arc::clone(&self.segments[&self.active]);
-        file.write_all_at(&prefix, self.write_at)?;
-        self.write_at += prefix.len() as u64;
+        file.write_all_at(&records, base)?;
+        self.write_at += records.len() as u64;
         self.committed_unwritten = false;
         for &(index, offset, len) in entries {
             let location = Location {
@@ -547,7 +531,7 @@ impl LogFile {
         &mut self,
         entries: impl IntoIterator<Item = (u64, &'a [u8])>,
     ) -> io::Result<Arc<File>> {
-        let mut records = Vec::new();
+        let mut records = self.records()?;
         let mut locations = Vec::new();
         for (index, bytes) in entries {
             let offset = records.len() as u64 + RECORD_HEADER + BODY_HEADER as u64;
@@ -559,7 +543,7 @@ impl LogFile {
 
     /// Writes the vote; the caller syncs the returned segment.
     pub(crate) fn set_vote(&mut self, vote: Vec<u8>) -> io::Result<Arc<File>> {
-        let mut record = Vec::new();
+        let mut record = self.records()?;
         push_record(&mut record, VOTE, 0, &vote)?;
         let file = self.write(record, &[])?;
         self.vote = Some(vote);
@@ -575,10 +559,10 @@ impl LogFile {
     /// Removes the entries from `index` on; the caller syncs the returned
     /// segment.
     pub(crate) fn truncate(&mut self, index: u64) -> io::Result<Arc<File>> {
-        let mut record = Vec::new();
+        let mut record = self.records()?;
         push_record(&mut record, TRUNCATE, index, &[])?;
         let file = self.write(record, &[])?;
-        self.entries.split_off(&index);
+        self.drop_from(index);
         Ok(file)
     }
 
@@ -587,7 +571,7 @@ impl LogFile {
     /// `delete_dead_segments` (a segment deleted before the purge is
     /// durable would leave a log with a hole at its start).
     pub(crate) fn purge(&mut self, index: u64, marker: Vec<u8>) -> io::Result<Arc<File>> {
-        let mut record = Vec::new();
+        let mut record = self.records()?;
         push_record(&mut record, PURGE, index, &marker)?;
         let file = self.write(record, &[])?;
         self.drop_through(index, marker);
@@ -672,7 +656,7 @@ impl Drop for LogFile {
         if !self.committed_unwritten || self.failed.is_some() {
             return;
         }
-        if let Ok(file) = self.write(Vec::new(), &[]) {
+        if let Ok(file) = self.records().and_then(|r| self.write(r, &[])) {
             let _ = file.sync_data();
         }
     }
@@ -704,6 +688,15 @@ mod tests {
 
     fn expected(range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
         range.map(|i| (i, bytes(i))).collect()
+    }
+
+    /// A segment file opened to be damaged.
+    fn open_rw(segment: &Path) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(segment)
+            .unwrap()
     }
 
     #[test]
@@ -746,11 +739,7 @@ mod tests {
         }
         // Entry 4's record never reached the disk while entries 5 and 6,
         // written with it, did: a half-synced write can leave that.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&segment)
-            .unwrap();
+        let file = open_rw(&segment);
         let record = RECORD_HEADER as usize + BODY_HEADER + bytes(4).len();
         file.write_all_at(&vec![0; record], torn_at).unwrap();
         drop(file);
@@ -785,13 +774,7 @@ mod tests {
             segment = tmp.path().join(segment_name(log.active));
         }
         let pristine = std::fs::read(&segment).unwrap();
-        let file = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&segment)
-                .unwrap()
-        };
+        let file = || open_rw(&segment);
         // One byte of entry 2 flipped: in its body, in its length (which
         // would stretch it into the zeros after the log), in its checksum.
         for offset in [24, 1, 9] {
@@ -891,11 +874,7 @@ mod tests {
             assert_eq!(log.segment_count(), 2);
         }
         let segment = tmp.path().join(segment_name(1));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&segment)
-            .unwrap();
+        let file = open_rw(&segment);
         // Entry 2's checksum changed.
         let mut byte = [0u8; 1];
         file.read_exact_at(&mut byte, at + 8).unwrap();

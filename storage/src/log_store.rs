@@ -71,11 +71,12 @@ fn logs_write(e: impl std::error::Error + 'static) -> StorageError {
     io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
-/// The segment files behind their lock. A panic while holding it (none is
-/// expected) leaves at worst a record written and not yet counted, which
-/// the next start replays.
-fn lock_file(file: &Mutex<LogFile>) -> MutexGuard<'_, LogFile> {
-    file.lock().unwrap_or_else(PoisonError::into_inner)
+/// The segment files or the window, behind their lock. Nothing panics
+/// while holding either (none is expected), and a panic would leave at
+/// worst a record written and not yet counted, which the next start
+/// replays: a poisoned lock still guards a usable state.
+fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn sled_io(e: sled::Error) -> io::Error {
@@ -109,24 +110,25 @@ impl LogStore {
     fn open_folder(dir: &DataDir) -> io::Result<LogStore> {
         let folder = dir.path.join(LOG_FOLDER);
         let created = dir.raft_log_created().map_err(io::Error::other)?;
-        let file = if import_pending(dir)? && !created {
+        let file = if created {
+            if import_pending(dir)? {
+                // An import finished (the marker is durable) and a crash
+                // came before sled's old trees were dropped for good: the
+                // folder is the log now, and must never be made again from
+                // what is left of those trees.
+                drop_old_trees(dir)?;
+            }
+            if !LogFile::exists(&folder)? {
+                // Starting with no log after having had one could vote
+                // twice in a term, or lose acknowledged writes.
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the folder {LOG_FOLDER}/ is missing or empty"),
+                ));
+            }
+            LogFile::open(&folder)?
+        } else if import_pending(dir)? {
             import_sled(dir, &folder)?
-        } else if created && import_pending(dir)? {
-            // An import finished (the marker is durable) and a crash came
-            // before sled's old trees were dropped for good: the folder is
-            // the log now, and must never be made again from what is left
-            // of those trees.
-            drop_old_trees(dir)?;
-            LogFile::open(&folder)?
-        } else if LogFile::exists(&folder)? {
-            LogFile::open(&folder)?
-        } else if created {
-            // Starting with no log after having had one could vote twice
-            // in a term, or lose acknowledged writes.
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("the folder {LOG_FOLDER}/ is missing or empty"),
-            ));
         } else {
             let file = LogFile::open(&folder)?;
             dir.mark_raft_log_created().map_err(io::Error::other)?;
@@ -183,33 +185,28 @@ impl LogStore {
         self.file().segment_count()
     }
 
-    /// The window of recent entries. Nothing panics while holding it, so a
-    /// poisoned lock still holds a consistent window.
+    /// The window of recent entries.
     fn recent(&self) -> MutexGuard<'_, Recent> {
-        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.recent)
     }
 
     /// The segment files.
     fn file(&self) -> MutexGuard<'_, LogFile> {
-        lock_file(&self.file)
+        lock(&self.file)
     }
 
     /// Runs `write` on the log and syncs the segment it wrote to, as
     /// blocking work (a write may start a segment, a purge delete some:
     /// syscalls that may take long). A failed sync stops the log's writes
     /// (`LogFile::fail`): what reached the disk is then unknown.
-    async fn write_durably<R: Send + 'static>(
+    async fn write_durably(
         &self,
-        write: impl FnOnce(&mut LogFile) -> io::Result<(Arc<File>, R)> + Send + 'static,
-    ) -> io::Result<R> {
+        write: impl FnOnce(&mut LogFile) -> io::Result<Arc<File>> + Send + 'static,
+    ) -> io::Result<()> {
         let shared = Arc::clone(&self.file);
         crate::flush::blocking(move || {
-            let (segment, out) = write(&mut lock_file(&shared))?;
-            if let Err(e) = segment.sync_data() {
-                lock_file(&shared).fail(&e);
-                return Err(e);
-            }
-            Ok(out)
+            let segment = write(&mut lock(&shared))?;
+            segment.sync_data().inspect_err(|e| lock(&shared).fail(e))
         })
         .await?
     }
@@ -245,9 +242,10 @@ fn import_pending(dir: &DataDir) -> io::Result<bool> {
     Ok(false)
 }
 
-/// Moves a log kept in sled into a new `raft-log/` folder, then drops the
-/// sled trees. A crash halfway leaves the sled trees, and the next open
-/// starts over: the folder is made anew from them.
+/// Moves a log kept in sled into a new `raft-log/` folder, marks the log
+/// created, then drops the sled trees. A crash before the mark leaves the
+/// sled trees, and the next open starts over: the folder is made anew from
+/// them.
 fn import_sled(dir: &DataDir, folder: &Path) -> io::Result<LogFile> {
     if folder.exists() {
         // Left by an import that a crash cut short (the marker that it
@@ -346,7 +344,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let bytes = encode(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         // A vote must survive a crash, or the node could vote twice in a term.
-        self.write_durably(move |file| Ok((file.set_vote(bytes)?, ())))
+        self.write_durably(move |file| file.set_vote(bytes))
             .await
             .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
@@ -392,11 +390,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             )?;
             // The window changes with the log, under the same lock, so a
             // reader never finds in it an entry the log does not hold.
-            let mut recent = recent.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut recent = lock(&recent);
             for (entry, bytes) in writes {
                 recent.push(entry, bytes.len());
             }
-            Ok((segment, ()))
+            Ok(segment)
         });
         // Only data on disk may be reported durable: an acknowledged write
         // must survive a crash.
@@ -415,11 +413,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let recent = Arc::clone(&self.recent);
         self.write_durably(move |file| {
-            // The window first: a reader must not be answered from it with
-            // an entry the log no longer holds.
-            let mut recent = recent.lock().unwrap_or_else(PoisonError::into_inner);
-            recent.truncate(log_id.index);
-            Ok((file.truncate(log_id.index)?, ()))
+            // The window with the log, under its lock: a reader must not be
+            // answered from it with an entry the log no longer holds.
+            lock(&recent).truncate(log_id.index);
+            file.truncate(log_id.index)
         })
         .await
         .map_err(logs_write)
@@ -436,9 +433,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let marker = encode(&log_id).map_err(logs_write)?;
         let recent = Arc::clone(&self.recent);
         self.write_durably(move |file| {
-            let mut recent = recent.lock().unwrap_or_else(PoisonError::into_inner);
-            recent.purge(log_id.index);
-            Ok((file.purge(log_id.index, marker)?, ()))
+            lock(&recent).purge(log_id.index);
+            file.purge(log_id.index, marker)
         })
         .await
         .map_err(logs_write)?;
@@ -446,7 +442,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // start that found them gone without it would see a log with a
         // hole at its head.
         let shared = Arc::clone(&self.file);
-        crate::flush::blocking(move || lock_file(&shared).delete_dead_segments())
+        crate::flush::blocking(move || lock(&shared).delete_dead_segments())
             .await
             .and_then(|deleted| deleted)
             .map_err(logs_write)

@@ -1412,6 +1412,16 @@ async fn purged_entries_are_never_read_and_leave_with_their_segments() {
     assert!(all_entries(&mut log).await.is_empty());
 }
 
+/// Writes blank entries of term 2 where format 5 and before kept the log:
+/// sled's `log` tree, by big-endian index.
+fn put_old_log_entries(dir: &DataDir, indexes: std::ops::RangeInclusive<u64>) {
+    let tree = dir.db.open_tree("log").unwrap();
+    for i in indexes {
+        tree.insert(i.to_be_bytes(), crate::codec::encode(&blank(2, i)).unwrap())
+            .unwrap();
+    }
+}
+
 /// Format 5 and before kept the log in sled. Opening such a data dir moves
 /// the entries above the purge marker, the vote and both markers into the
 /// segment files, and drops the sled trees.
@@ -1421,14 +1431,9 @@ async fn a_log_kept_in_sled_moves_into_the_segment_files() {
     let vote = Vote::new_committed(3, 2);
     {
         let dir = DataDir::open(tmp.path(), CACHE).unwrap();
-        let log_tree = dir.db.open_tree("log").unwrap();
         let meta = dir.db.open_tree("raft_meta").unwrap();
         // Entries 1..=3 are purged but still on disk, as format 5 left them.
-        for i in 1..=8u64 {
-            log_tree
-                .insert(i.to_be_bytes(), crate::codec::encode(&blank(2, i)).unwrap())
-                .unwrap();
-        }
+        put_old_log_entries(&dir, 1..=8);
         meta.insert("vote", crate::codec::encode(&vote).unwrap())
             .unwrap();
         meta.insert("committed", crate::codec::encode(&Some(lid(2, 6))).unwrap())
@@ -1465,12 +1470,7 @@ async fn a_finished_import_is_not_redone_from_trees_left_behind() {
     let tmp = tempfile::tempdir().unwrap();
     {
         let dir = DataDir::open(tmp.path(), CACHE).unwrap();
-        let log_tree = dir.db.open_tree("log").unwrap();
-        for i in 1..=5u64 {
-            log_tree
-                .insert(i.to_be_bytes(), crate::codec::encode(&blank(2, i)).unwrap())
-                .unwrap();
-        }
+        put_old_log_entries(&dir, 1..=5);
         set_format(&dir, 5);
         dir.db.flush().unwrap();
     }
@@ -1514,4 +1514,17 @@ async fn a_data_dir_that_lost_its_log_folder_is_refused() {
         err.to_string().contains("the folder raft-log/ is missing"),
         "{err}"
     );
+    // The same with a tree of the old log left behind by an import: it is
+    // dropped, and the log's absence still refused.
+    dir.db
+        .open_tree("raft_meta")
+        .unwrap()
+        .insert("vote", crate::codec::encode(&Vote::new(1, 1)).unwrap())
+        .unwrap();
+    let err = LogStore::open(&dir).unwrap_err();
+    assert!(
+        err.to_string().contains("the folder raft-log/ is missing"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("raft-log").exists(), "no empty log made");
 }

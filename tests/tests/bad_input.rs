@@ -590,7 +590,7 @@ fn a_foreign_or_unreadable_data_dir_is_refused_clearly() {
 /// which treats a damaged segment as the torn end of its log and silently
 /// drops it and everything after it: the node started without
 /// acknowledged writes. The log's own segments tell a damaged record from
-/// one a crash cut short (`storage/src/log_file.rs`, `check_torn`) and
+/// one a crash cut short (`storage/src/log_file.rs`, `is_torn`) and
 /// refuse to start on the first; sled now holds only what a damaged
 /// database is refused for (the format, the node id) or rebuilt from (the
 /// snapshot pointer, with the log).
