@@ -12,6 +12,7 @@ pub mod counters;
 pub mod error;
 pub mod forward;
 pub mod gossip;
+pub mod held_commits;
 pub mod http;
 pub mod membership;
 pub mod memory;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use fuddle_proto::raft::RaftMessage;
 use fuddle_proto::raft::raft_client::RaftClient;
 use fuddle_storage::codec::{decode, encode};
-use fuddle_storage::{NodeAddr, NodeId, TypeConfig};
+use fuddle_storage::{LogSync, NodeAddr, NodeId, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -36,6 +36,9 @@ pub struct Network {
     /// The source IP for connections to peers: the node's bind IP, so that
     /// a peer (or a fault-injecting proxy in tests) sees which node calls.
     pub local_ip: Option<IpAddr>,
+    /// What of this node's log is durable: a leader tells its followers of
+    /// a commit only as far as that (see `fuddle_storage::log_sync`).
+    pub sync: LogSync,
 }
 
 /// A lazily connected channel to a peer's internal service.
@@ -46,6 +49,8 @@ pub struct Connection {
     node: NodeAddr,
     /// The channel (reconnects by itself after failures).
     client: Option<RaftClient<Channel>>,
+    /// See `Network::sync`.
+    sync: LogSync,
 }
 
 /// A gRPC channel to a peer at `addr` that connects on first use, as an
@@ -78,6 +83,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             client,
+            sync: self.sync.clone(),
         }
     }
 }
@@ -142,9 +148,10 @@ impl Connection {
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+        rpc.leader_commit = self.sync.commit_to_send(rpc.leader_commit);
         self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
     }
 

@@ -28,7 +28,7 @@ use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
 use crate::registry_service::RegistryService;
 use crate::sessions::{self, Heartbeats, SessionClock};
-use crate::{http, membership, memory, snapshots};
+use crate::{held_commits, http, membership, memory, snapshots};
 
 /// How often a running node looks whether Raft has stopped (a storage
 /// failure, say), to exit saying why.
@@ -331,6 +331,7 @@ impl Node {
         // reads (see `Core::startup_term`). Read from storage, not from
         // openraft's metrics, which start at zero until Raft has loaded.
         let mut log_store = log_store;
+        let log_sync = log_store.sync();
         let startup_term = log_store
             .read_vote()
             .await
@@ -347,7 +348,10 @@ impl Node {
             .spawn(Raft::<TypeConfig>::new(
                 id,
                 raft_config,
-                Network { local_ip },
+                Network {
+                    local_ip,
+                    sync: log_sync.clone(),
+                },
                 log_store,
                 sm,
             ))
@@ -416,6 +420,7 @@ impl Node {
             tasks.spawn(http::serve(listener, core.clone(), shutdown.clone()));
         }
         tasks.spawn(memory::run_trimmer(shutdown.clone()));
+        tasks.spawn(held_commits::run(raft.clone(), log_sync, shutdown.clone()));
         tasks.spawn(snapshots::run_trigger(
             raft.clone(),
             sm_handle,

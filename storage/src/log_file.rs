@@ -525,6 +525,25 @@ impl LogFile {
         Ok(file)
     }
 
+    /// The segment being appended to: a sync of it makes every write so far
+    /// durable (each segment before it was synced whole when it was left).
+    pub(crate) fn active_segment(&self) -> Arc<File> {
+        Arc::clone(&self.segments[&self.active])
+    }
+
+    /// Whether an append of entries of these sizes fits in the active
+    /// segment: one that does not starts a new segment, with syncs and a
+    /// file's creation that should not block an async worker.
+    pub(crate) fn fits(&self, sizes: impl IntoIterator<Item = usize>) -> bool {
+        let record = |data: usize| RECORD_HEADER + (BODY_HEADER + data) as u64;
+        let marker = match &self.committed {
+            Some(committed) if self.committed_unwritten => record(committed.len()),
+            _ => 0,
+        };
+        let bytes: u64 = sizes.into_iter().map(record).sum();
+        self.write_at + marker + bytes <= self.capacity
+    }
+
     /// Writes entries (index and encoded bytes, in index order); the caller
     /// syncs the returned segment before reporting them durable.
     pub(crate) fn append<'a>(

@@ -5,6 +5,9 @@
 //! An append is one write and one `fdatasync` on the calling thread before
 //! openraft is told it is on disk: openraft hands over every entry it has
 //! ready in one call, so many client writes share one sync (group commit).
+//! A leader's own appends are the exception: they are reported once
+//! written, and synced by a thread of their own while openraft replicates
+//! them (`crate::log_sync`, which says what keeps that safe).
 //! The entries appended last also stay decoded (`crate::recent`), so that
 //! openraft's reads of them right after, to replicate and to apply them,
 //! skip the file and the decode.
@@ -17,6 +20,7 @@ use std::fs::File;
 use std::io;
 use std::ops::RangeBounds;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -26,6 +30,7 @@ use crate::codec::{decode, encode, key_index};
 use crate::data_dir::DataDir;
 use crate::durable_snapshot::DurableSnapshot;
 use crate::log_file::LogFile;
+use crate::log_sync::{LogSync, Syncer};
 use crate::recent::Recent;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
@@ -53,6 +58,19 @@ pub struct LogStore {
     /// The entries appended last, decoded, shared with every reader (see
     /// `recent`): openraft reads them back to replicate and apply them.
     recent: Arc<Mutex<Recent>>,
+    /// What of the log is durable: the leader's own appends are reported
+    /// before they are (see `log_sync`).
+    sync: LogSync,
+    /// Wakes the thread that syncs the leader's own appends.
+    syncer: Syncer,
+    /// This node's id, when its own appends as a leader may be reported
+    /// before their sync (`reporting_own_appends_early`); a log store
+    /// opened alone syncs every append first.
+    own: Option<NodeId>,
+    /// Whether the vote last saved is this node's as an established leader:
+    /// the appends are then its own. A node appends another leader's
+    /// entries only after saving that leader's vote.
+    leading: Arc<AtomicBool>,
 }
 
 fn io_err(
@@ -75,7 +93,7 @@ fn logs_write(e: impl std::error::Error + 'static) -> StorageError {
 /// while holding either (none is expected), and a panic would leave at
 /// worst a record written and not yet counted, which the next start
 /// replays: a poisoned lock still guards a usable state.
-fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -134,11 +152,43 @@ impl LogStore {
             dir.mark_raft_log_created().map_err(io::Error::other)?;
             file
         };
+        let file = Arc::new(Mutex::new(file));
+        let sync = LogSync::default();
+        let syncer = Syncer::start(Arc::downgrade(&file), sync.clone())?;
         Ok(LogStore {
-            file: Arc::new(Mutex::new(file)),
+            file,
             covered: None,
             recent: Arc::default(),
+            sync,
+            syncer,
+            own: None,
+            leading: Arc::default(),
         })
+    }
+
+    /// Reports the appends this node makes as an established leader before
+    /// they are synced (see `log_sync`; whoever applies the log must wait
+    /// for `sync`, and whoever sends commits to followers must ask it).
+    pub fn reporting_own_appends_early(mut self, own: NodeId) -> io::Result<LogStore> {
+        self.own = Some(own);
+        // openraft restores a leader from its saved vote at a start.
+        let vote: Option<Vote<NodeId>> =
+            Self::stored(self.file().vote(), ErrorSubject::Vote).map_err(io::Error::other)?;
+        self.note_vote(vote.as_ref());
+        Ok(self)
+    }
+
+    /// What of the log is durable.
+    pub fn sync(&self) -> LogSync {
+        self.sync.clone()
+    }
+
+    /// Notes whether `vote`, just saved, makes this node's appends its own.
+    fn note_vote(&self, vote: Option<&Vote<NodeId>>) {
+        let leading = vote.is_some_and(|v| {
+            v.is_committed() && self.own.is_some() && v.leader_id().voted_for() == self.own
+        });
+        self.leading.store(leading, Ordering::Release);
     }
 
     /// Where openraft should take the log to start: after the purge marker,
@@ -198,17 +248,62 @@ impl LogStore {
     /// Runs `write` on the log and syncs the segment it wrote to, as
     /// blocking work (a write may start a segment, a purge delete some:
     /// syscalls that may take long). A failed sync stops the log's writes
-    /// (`LogFile::fail`): what reached the disk is then unknown.
+    /// (`LogFile::fail`): what reached the disk is then unknown. The sync
+    /// makes the leader's own appends before it durable too.
     async fn write_durably(
         &self,
         write: impl FnOnce(&mut LogFile) -> io::Result<Arc<File>> + Send + 'static,
     ) -> io::Result<()> {
         let shared = Arc::clone(&self.file);
+        let this_write = self.sync.count_write();
         crate::flush::blocking(move || {
             let segment = write(&mut lock(&shared))?;
             segment.sync_data().inspect_err(|e| lock(&shared).fail(e))
         })
-        .await?
+        .await??;
+        self.sync.synced_through(this_write);
+        Ok(())
+    }
+
+    /// Writes the leader's own entries `first..=last` without syncing them,
+    /// and has the sync thread sync them (see `log_sync`). The write runs
+    /// on the calling thread: a write to the page cache takes microseconds,
+    /// and handing it to a blocking thread would cost more. One that starts
+    /// a new segment (syncs, a file's creation) runs as blocking work.
+    async fn write_own(
+        &self,
+        write: impl FnOnce(&mut LogFile) -> io::Result<Arc<File>> + Send + 'static,
+        sizes: &[usize],
+        first: u64,
+        last: LogId,
+    ) -> io::Result<()> {
+        match self.write_if_it_fits(write, sizes) {
+            Ok(written) => {
+                written?;
+            }
+            Err(write) => {
+                let shared = Arc::clone(&self.file);
+                crate::flush::blocking(move || write(&mut lock(&shared))).await??;
+            }
+        }
+        self.sync.written(first, last);
+        self.syncer.wake();
+        Ok(())
+    }
+
+    /// Runs `write` if entries of `sizes` fit in the active segment, or
+    /// gives it back.
+    fn write_if_it_fits<W: FnOnce(&mut LogFile) -> io::Result<Arc<File>>>(
+        &self,
+        write: W,
+        sizes: &[usize],
+    ) -> Result<io::Result<Arc<File>>, W> {
+        let mut file = self.file();
+        if file.fits(sizes.iter().copied()) {
+            Ok(write(&mut file))
+        } else {
+            Err(write)
+        }
     }
 
     /// The highest log index present, if any (for status reports).
@@ -346,7 +441,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // A vote must survive a crash, or the node could vote twice in a term.
         self.write_durably(move |file| file.set_vote(bytes))
             .await
-            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        self.note_vote(Some(vote));
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -381,8 +478,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = encode(&entry).map_err(logs_write)?;
             writes.push((entry, bytes));
         }
+        let (Some(first), Some(last)) = (writes.first(), writes.last()) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let (first, last) = (first.0.log_id.index, last.0.log_id);
+        let sizes: Vec<usize> = writes.iter().map(|(_, bytes)| bytes.len()).collect();
         let recent = Arc::clone(&self.recent);
-        let written = self.write_durably(move |file| {
+        let write = move |file: &mut LogFile| {
             let segment = file.append(
                 writes
                     .iter()
@@ -395,10 +498,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 recent.push(entry, bytes.len());
             }
             Ok(segment)
-        });
+        };
+        if self.leading.load(Ordering::Acquire) {
+            return match self.write_own(write, &sizes, first, last).await {
+                Ok(()) => {
+                    callback.log_io_completed(Ok(()));
+                    Ok(())
+                }
+                Err(e) => {
+                    callback.log_io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+                    Err(logs_write(e))
+                }
+            };
+        }
         // Only data on disk may be reported durable: an acknowledged write
         // must survive a crash.
-        match written.await {
+        match self.write_durably(write).await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())

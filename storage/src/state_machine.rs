@@ -35,6 +35,7 @@ use crate::data_dir::DataDir;
 use crate::durable_snapshot::DurableSnapshot;
 use crate::feed::{AppliedEntry, FeedConfig};
 use crate::gate;
+use crate::log_sync::LogSync;
 use crate::member::Member;
 use crate::registry::Registry;
 use crate::session::Session;
@@ -177,6 +178,9 @@ pub struct StateMachineStore {
     snapshot_io: Arc<tokio::sync::Mutex<()>>,
     /// What the current durable snapshot covers, for the log store's purges.
     durable: DurableSnapshot,
+    /// What of the log is durable: an entry is applied only once it is
+    /// (see `log_sync`). Unset for a state machine opened alone.
+    log_sync: Option<LogSync>,
 }
 
 impl StateMachineStore {
@@ -196,6 +200,7 @@ impl StateMachineStore {
             snapshot_folder: snapshot_files::folder(&dir.path),
             snapshot_io: Arc::new(tokio::sync::Mutex::new(())),
             durable: DurableSnapshot::default(),
+            log_sync: None,
         };
         store.move_old_snapshot()?;
         store.move_stored_state()?;
@@ -498,6 +503,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: Send,
     {
         let mut responses = Vec::new();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(sync), Some(last)) = (&self.log_sync, entries.last()) {
+            // The leader's own entries may be committed before they are
+            // durable here; nothing of them may be seen before they are.
+            sync.wait_durable(last.log_id.index)
+                .await
+                .map_err(|e| StorageIOError::apply(last.log_id, AnyError::new(&e)))?;
+        }
         let raft = self.raft.clone();
         self.registry.update(|applied| {
             let mut raft = raft.lock().expect("state machine lock poisoned");
@@ -596,6 +609,13 @@ pub fn open_stores(
             AnyError::error(e),
         ))
     })?;
-    let log = log.purging_only_behind(sm.durable.clone());
+    let mut log = log.purging_only_behind(sm.durable.clone());
+    if let Some(own) = dir.node_id().map_err(|e| sm_err(ErrorVerb::Read, e))? {
+        log = log.reporting_own_appends_early(own).map_err(|e| {
+            StorageIOError::<NodeId>::new(ErrorSubject::Vote, ErrorVerb::Read, AnyError::error(e))
+        })?;
+    }
+    let mut sm = sm;
+    sm.log_sync = Some(log.sync());
     Ok((log, sm))
 }

@@ -1528,3 +1528,113 @@ async fn a_data_dir_that_lost_its_log_folder_is_refused() {
     );
     assert!(!tmp.path().join("raft-log").exists(), "no empty log made");
 }
+
+// ---------------------------------------------------------------------------
+// The leader's own appends (see `log_sync`)
+// ---------------------------------------------------------------------------
+
+/// Opens the stores of a data dir as node 1, which `lid` names as leader.
+fn open_as_node_1(path: &Path) -> (DataDir, LogStore, StateMachineStore) {
+    let dir = DataDir::open(path, CACHE).expect("open data dir");
+    if dir.node_id().unwrap().is_none() {
+        dir.set_node_id(1).unwrap();
+    }
+    let (log, sm) = open_stores(&dir, FeedConfig::default()).expect("open stores");
+    (dir, log, sm)
+}
+
+/// Lets the runtime run other tasks a few times.
+async fn yield_a_few_times() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_leaders_own_appends_are_reported_at_once_and_applied_only_once_synced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dir, mut log, mut sm) = open_as_node_1(tmp.path());
+    let sync = log.sync();
+    log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+    let entries = script();
+
+    let held = sync.hold.hold();
+    log.blocking_append(entries.clone()).await.unwrap();
+    assert!(!sync.all_durable(), "reported before it is synced");
+    assert_eq!(all_entries(&mut log).await, entries, "readable at once");
+    assert_eq!(
+        sync.commit_to_send(Some(lid(1, 6))),
+        None,
+        "followers are told of no commit that is not durable here"
+    );
+    let apply = tokio::spawn(async move {
+        let responses = sm.apply(entries).await;
+        (sm, responses)
+    });
+    yield_a_few_times().await;
+    assert!(!apply.is_finished(), "applied before it is durable");
+
+    drop(held);
+    let (sm, responses) = apply.await.unwrap();
+    assert_eq!(responses.unwrap().len(), 6);
+    assert!(sync.all_durable());
+    assert_eq!(registry_of(&sm).1, 6);
+    assert_eq!(sync.commit_to_send(Some(lid(1, 6))), Some(lid(1, 6)));
+}
+
+#[tokio::test]
+async fn appends_of_another_leader_or_a_candidate_are_synced_before_they_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dir, mut log, _sm) = open_as_node_1(tmp.path());
+    let sync = log.sync();
+    let entries = script();
+    // The sync thread is held throughout: a write that waited for it, or
+    // that it were left to, would not be durable when reported.
+    let _held = sync.hold.hold();
+    log.save_vote(&Vote::new_committed(1, 2)).await.unwrap();
+    log.blocking_append(entries[..2].to_vec()).await.unwrap();
+    assert!(sync.all_durable(), "a follower's append is synced first");
+    log.save_vote(&Vote::new(2, 1)).await.unwrap();
+    log.blocking_append(entries[2..4].to_vec()).await.unwrap();
+    assert!(sync.all_durable(), "a candidate's vote is not a leader's");
+
+    // A leader's own write, then a step down: the vote's sync covers it.
+    log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+    log.blocking_append(entries[4..].to_vec()).await.unwrap();
+    assert!(!sync.all_durable());
+    log.save_vote(&Vote::new(3, 3)).await.unwrap();
+    assert!(
+        sync.all_durable(),
+        "the vote's sync covers the writes before it"
+    );
+    assert_eq!(all_entries(&mut log).await, entries);
+}
+
+#[tokio::test]
+async fn a_leader_restored_at_a_start_reports_its_appends_early_and_keeps_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let entries = script();
+    {
+        let (_dir, mut log, _sm) = open_as_node_1(tmp.path());
+        log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        let sync = log.sync();
+        let _held = sync.hold.hold();
+        log.blocking_append(entries[..3].to_vec()).await.unwrap();
+        assert!(!sync.all_durable());
+        // Closed with the write not yet synced (it is in the page cache; a
+        // start syncs the segments it finds).
+    }
+    let (_dir, mut log, _sm) = open_as_node_1(tmp.path());
+    assert_eq!(all_entries(&mut log).await, entries[..3]);
+    let sync = log.sync();
+    assert!(sync.all_durable(), "a start finds its log durable");
+    let held = sync.hold.hold();
+    log.blocking_append(entries[3..].to_vec()).await.unwrap();
+    assert!(
+        !sync.all_durable(),
+        "openraft restores a leader from its saved vote, and so does the log"
+    );
+    drop(held);
+    sync.wait_durable(6).await.unwrap();
+    assert_eq!(all_entries(&mut log).await, entries);
+}
