@@ -186,6 +186,14 @@ pub async fn run(
             unseen.clear();
             continue;
         }
+        if metrics.last_applied.as_ref() < metrics.membership_config.log_id().as_ref() {
+            // The last change is committed in openraft's view, which counts
+            // the leader before its own copy is durable
+            // (`fuddle_storage::log_sync`), and openraft would take the next
+            // change on that. Applied, it is durable on a majority: a change
+            // that timed out here is followed by no other before then.
+            continue;
+        }
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let learners: BTreeSet<NodeId> = membership.learner_ids().collect();

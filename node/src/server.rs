@@ -332,6 +332,7 @@ impl Node {
         // openraft's metrics, which start at zero until Raft has loaded.
         let mut log_store = log_store;
         let log_sync = log_store.sync();
+        let stepped_down = log_store.stepped_down();
         let startup_term = log_store
             .read_vote()
             .await
@@ -372,6 +373,15 @@ impl Node {
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))?;
             tracing::info!(node = id, "bootstrapped a new one-voter cluster");
+        }
+        if stepped_down {
+            // It led before this start; the log store made it a candidate
+            // of that term (see `LogStore::reporting_own_appends_early`).
+            // Standing at once spares the cluster an election timeout
+            // without a leader when it was the leader that restarted.
+            if let Err(e) = raft.trigger().elect().await {
+                tracing::warn!("could not stand for election after a restart: {e}");
+            }
         }
         let shutdown = CancellationToken::new();
         let config = Arc::new(config);

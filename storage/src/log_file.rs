@@ -1,15 +1,16 @@
 //! The Raft log as segment files of our own, in `<data-dir>/raft-log/`:
 //! entries, the vote, the commit and purge markers, as checksummed records
-//! appended to preallocated files and synced with one `fdatasync`.
+//! appended to preallocated files and synced with `fdatasync` (by the
+//! caller: see `crate::log_store` and `crate::log_sync` for when).
 //!
 //! Written by hand rather than kept in sled because of what sled costs on
 //! the write path, measured: each flush is a job for sled's I/O thread
 //! pool, whose queue wakes every idle thread (seven) for each job, and
 //! under 256 writers sled was 36% of a leader's samples, 24 points of them
 //! its pool (11 waking and going back to sleep). A log is only ever
-//! appended, cut at the tail and dropped at the head; a file written and
-//! synced on the calling thread does that with one `pwrite` and one
-//! `fdatasync` per append. No crate of the chosen stack offers such a log.
+//! appended, cut at the tail and dropped at the head; a file does that
+//! with one `pwrite` per append and an `fdatasync` for any number of them.
+//! No crate of the chosen stack offers such a log.
 //!
 //! Layout: segments named by a sequence number (`00000000000000000001.log`),
 //! each an 8-byte magic followed by records
@@ -46,7 +47,7 @@ use std::io::{self, BufReader, Read};
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// The first bytes of every segment.
 const MAGIC: &[u8; 8] = b"FUDLOG1\n";
@@ -96,6 +97,68 @@ struct Location {
     len: u32,
 }
 
+/// Every sync of the log's segments, one at a time, and whether one
+/// failed. On Linux a failed `fsync` leaves the pages it could not write
+/// marked clean, and the next `fsync` of the file succeeds: a sync that
+/// followed another thread's failed one would report durable what is not.
+/// So after a failure every sync fails, and the check and the sync are
+/// one step.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Syncs(Arc<Mutex<SyncsState>>);
+
+/// See `Syncs`.
+#[derive(Debug, Default)]
+struct SyncsState {
+    /// Why a sync failed, once one has.
+    failed: Option<String>,
+    /// Makes the next sync fail, for tests.
+    #[cfg(test)]
+    fail_next: bool,
+    /// How many syncs were asked for, for tests.
+    #[cfg(test)]
+    calls: u64,
+}
+
+impl Syncs {
+    /// Syncs `file`'s data, unless a sync of the log failed before.
+    pub(crate) fn sync(&self, file: &File) -> io::Result<()> {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        #[cfg(test)]
+        {
+            state.calls += 1;
+        }
+        if let Some(failed) = &state.failed {
+            return Err(io::Error::other(format!(
+                "an earlier sync of the log failed: {failed}"
+            )));
+        }
+        #[cfg(test)]
+        let synced = if std::mem::take(&mut state.fail_next) {
+            Err(io::Error::other("a sync failed (planted by a test)"))
+        } else {
+            file.sync_data()
+        };
+        #[cfg(not(test))]
+        let synced = file.sync_data();
+        synced.inspect_err(|e| state.failed = Some(e.to_string()))
+    }
+
+    /// Makes the next sync fail.
+    #[cfg(test)]
+    pub(crate) fn fail_next(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fail_next = true;
+    }
+
+    /// How many syncs were asked for.
+    #[cfg(test)]
+    pub(crate) fn calls(&self) -> u64 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).calls
+    }
+}
+
 /// The log, its markers, and where every live entry is.
 #[derive(Debug)]
 pub(crate) struct LogFile {
@@ -128,6 +191,9 @@ pub(crate) struct LogFile {
     /// write at the same offset would leave stale bytes after it, which
     /// the next start would take for damage).
     failed: Option<String>,
+    /// The syncs of the segments (see `Syncs`), shared with whoever syncs
+    /// what this writes.
+    syncs: Syncs,
 }
 
 /// What replaying one segment found.
@@ -264,6 +330,7 @@ impl LogFile {
             committed_unwritten: false,
             purged: None,
             failed: None,
+            syncs: Syncs::default(),
         };
         let mut replayed = Vec::new();
         for &seq in &seqs {
@@ -422,7 +489,7 @@ impl LogFile {
         if let Some(file) = self.segments.get(&self.active) {
             // Nothing written to the old segment may become durable after
             // what goes to the new one.
-            file.sync_data()?;
+            self.syncs.sync(file)?;
         }
         let seq = self
             .active
@@ -531,6 +598,11 @@ impl LogFile {
         Arc::clone(&self.segments[&self.active])
     }
 
+    /// How the segments are synced (see `Syncs`).
+    pub(crate) fn syncs(&self) -> Syncs {
+        self.syncs.clone()
+    }
+
     /// Whether an append of entries of these sizes fits in the active
     /// segment: one that does not starts a new segment, with syncs and a
     /// file's creation that should not block an async worker.
@@ -544,8 +616,8 @@ impl LogFile {
         self.write_at + marker + bytes <= self.capacity
     }
 
-    /// Writes entries (index and encoded bytes, in index order); the caller
-    /// syncs the returned segment before reporting them durable.
+    /// Writes entries (index and encoded bytes, in index order); they are
+    /// durable once the returned segment is synced (with `syncs`).
     pub(crate) fn append<'a>(
         &mut self,
         entries: impl IntoIterator<Item = (u64, &'a [u8])>,
@@ -676,7 +748,7 @@ impl Drop for LogFile {
             return;
         }
         if let Ok(file) = self.records().and_then(|r| self.write(r, &[])) {
-            let _ = file.sync_data();
+            let _ = self.syncs.sync(&file);
         }
     }
 }

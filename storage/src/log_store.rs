@@ -71,6 +71,8 @@ pub struct LogStore {
     /// the appends are then its own. A node appends another leader's
     /// entries only after saving that leader's vote.
     leading: Arc<AtomicBool>,
+    /// Whether opening stepped the node down (see `stepped_down`).
+    stepped_down: bool,
 }
 
 fn io_err(
@@ -163,19 +165,48 @@ impl LogStore {
             syncer,
             own: None,
             leading: Arc::default(),
+            stepped_down: false,
         })
     }
 
     /// Reports the appends this node makes as an established leader before
     /// they are synced (see `log_sync`; whoever applies the log must wait
     /// for `sync`, and whoever sends commits to followers must ask it).
+    ///
+    /// A saved vote of this node as leader is stepped down to a
+    /// candidate's vote of the same term (`stepped_down`). openraft would
+    /// restore the node as that term's leader, and a leader that reported
+    /// entries before syncing them may have lost them in a power cut while
+    /// its followers kept them: it would then give their log ids, in the
+    /// same term, to other entries, and followers take an entry whose id
+    /// they hold for the same entry. As a candidate it never appends in
+    /// that term again; it leads again only after an election, in a new
+    /// term. (The vote still names itself in that term, so it cannot vote
+    /// for another there.)
     pub fn reporting_own_appends_early(mut self, own: NodeId) -> io::Result<LogStore> {
         self.own = Some(own);
-        // openraft restores a leader from its saved vote at a start.
         let vote: Option<Vote<NodeId>> =
             Self::stored(self.file().vote(), ErrorSubject::Vote).map_err(io::Error::other)?;
-        self.note_vote(vote.as_ref());
+        if let Some(vote) =
+            vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(own))
+        {
+            let candidate = Vote::new(vote.leader_id().term, own);
+            let bytes = encode(&candidate).map_err(io::Error::other)?;
+            let (segment, syncs) = {
+                let mut file = self.file();
+                (file.set_vote(bytes)?, file.syncs())
+            };
+            syncs.sync(&segment)?;
+            self.stepped_down = true;
+        }
         Ok(self)
+    }
+
+    /// Whether opening stepped this node down from leading the term of its
+    /// saved vote (see `reporting_own_appends_early`): it should stand for
+    /// election at once rather than wait for a timeout.
+    pub fn stepped_down(&self) -> bool {
+        self.stepped_down
     }
 
     /// What of the log is durable.
@@ -229,6 +260,18 @@ impl LogStore {
         self
     }
 
+    /// Makes the log's next sync fail.
+    #[cfg(test)]
+    pub(crate) fn fail_next_sync(&self) {
+        self.file().syncs().fail_next();
+    }
+
+    /// How many syncs of the log were asked for.
+    #[cfg(test)]
+    pub(crate) fn sync_calls(&self) -> u64 {
+        self.file().syncs().calls()
+    }
+
     /// How many segment files are on disk.
     #[cfg(test)]
     pub(crate) fn segments_on_disk(&self) -> usize {
@@ -247,29 +290,46 @@ impl LogStore {
 
     /// Runs `write` on the log and syncs the segment it wrote to, as
     /// blocking work (a write may start a segment, a purge delete some:
-    /// syscalls that may take long). A failed sync stops the log's writes
-    /// (`LogFile::fail`): what reached the disk is then unknown. The sync
-    /// makes the leader's own appends before it durable too.
+    /// syscalls that may take long). The sync makes the leader's own
+    /// appends before it durable too.
     async fn write_durably(
         &self,
         write: impl FnOnce(&mut LogFile) -> io::Result<Arc<File>> + Send + 'static,
     ) -> io::Result<()> {
         let shared = Arc::clone(&self.file);
         let this_write = self.sync.count_write();
-        crate::flush::blocking(move || {
-            let segment = write(&mut lock(&shared))?;
-            segment.sync_data().inspect_err(|e| lock(&shared).fail(e))
+        let done = crate::flush::blocking(move || {
+            let (segment, syncs) = {
+                let mut file = lock(&shared);
+                (write(&mut file)?, file.syncs())
+            };
+            syncs.sync(&segment).inspect_err(|e| lock(&shared).fail(e))
         })
-        .await??;
-        self.sync.synced_through(this_write);
-        Ok(())
+        .await
+        .and_then(|done| done);
+        self.settle(this_write, done)
+    }
+
+    /// Settles the writes up to `write` once a sync made them durable, or
+    /// stops the log after a failure: what reached the disk is then unknown,
+    /// so the log takes no more writes (`LogFile::fail`, set where the
+    /// failure happened) and nothing pending may be reported durable.
+    fn settle(&self, write: u64, done: io::Result<()>) -> io::Result<()> {
+        match &done {
+            Ok(()) => self.sync.synced_through(write),
+            Err(e) => self.sync.fail(e),
+        }
+        done
     }
 
     /// Writes the leader's own entries `first..=last` without syncing them,
     /// and has the sync thread sync them (see `log_sync`). The write runs
-    /// on the calling thread: a write to the page cache takes microseconds,
-    /// and handing it to a blocking thread would cost more. One that starts
-    /// a new segment (syncs, a file's creation) runs as blocking work.
+    /// on the calling thread: it goes to the page cache, which takes a few
+    /// microseconds, where handing it to a blocking thread costs a thread
+    /// hand-off (tens of microseconds here). Only under memory pressure
+    /// (the kernel throttling writers of dirty pages) does it block long,
+    /// and then every write of the node waits anyway. One that starts a new
+    /// segment (syncs, a file's creation) runs as blocking work.
     async fn write_own(
         &self,
         write: impl FnOnce(&mut LogFile) -> io::Result<Arc<File>> + Send + 'static,
@@ -277,14 +337,20 @@ impl LogStore {
         first: u64,
         last: LogId,
     ) -> io::Result<()> {
-        match self.write_if_it_fits(write, sizes) {
-            Ok(written) => {
-                written?;
-            }
+        let written = match self.write_if_it_fits(write, sizes) {
+            Ok(written) => written.map(drop),
             Err(write) => {
                 let shared = Arc::clone(&self.file);
-                crate::flush::blocking(move || write(&mut lock(&shared))).await??;
+                crate::flush::blocking(move || write(&mut lock(&shared)).map(drop))
+                    .await
+                    .and_then(|written| written)
             }
+        };
+        if let Err(e) = &written {
+            // The log takes no more writes (`LogFile::write` failed it);
+            // what is pending will never be synced.
+            self.sync.fail(e);
+            return written;
         }
         self.sync.written(first, last);
         self.syncer.wake();
@@ -378,8 +444,8 @@ fn import_sled(dir: &DataDir, folder: &Path) -> io::Result<LogFile> {
             batch.clear();
         }
     }
-    file.append(batch.iter().map(|(i, v)| (*i, v.as_ref())))?
-        .sync_data()?;
+    let segment = file.append(batch.iter().map(|(i, v)| (*i, v.as_ref())))?;
+    file.syncs().sync(&segment)?;
     dir.mark_raft_log_created().map_err(io::Error::other)?;
     drop_old_trees(dir)?;
     Ok(file)

@@ -11,18 +11,30 @@
 //! (`run_syncer`) syncs them while the core replicates.
 //!
 //! openraft then counts the leader toward a commit before the entries are
-//! durable on it: an entry it calls committed may be durable on fewer nodes
-//! than a majority. Two rules keep that from being seen:
+//! durable on it: an entry it calls committed may be durable only on the
+//! followers that acknowledged it, fewer than a majority. What keeps that
+//! from costing an acknowledged write or a follower's state:
 //!
 //! - **Apply waits for the sync** (`LogSync::wait_durable`): the state
 //!   machine applies an entry only once it is durable in this node's log.
 //!   A client's answer, a subscriber's event and a linearizable read all
-//!   come after apply, so none of them shows an entry before a majority
-//!   (the leader and the followers that acknowledged it) holds it durably.
+//!   come after apply, so by then the entry is durable on the leader and on
+//!   the followers that acknowledged it: a majority.
 //! - **Followers learn of a commit only as far as the leader's log is
 //!   durable** (`LogSync::commit_to_send`, used by the node's network): a
 //!   follower that applied an entry which only the leader's count made
 //!   committed could be overruled by a leader elected without it.
+//! - **A leader does not survive its own restart**
+//!   (`LogStore::reporting_own_appends_early` steps a saved vote of this
+//!   node as leader down to a candidate's): a leader that lost unsynced
+//!   entries in a power cut, restored in its term by openraft, would give
+//!   their ids to other entries while followers hold the first ones.
+//! - **A membership change waits for the last one to be applied** (the
+//!   node's membership loop): openraft takes the next change once the last
+//!   is committed in its count.
+//! - **Every sync of the log goes through one lock that remembers a
+//!   failure** (`log_file::Syncs`): after a failed `fsync`, Linux reports
+//!   the next one of the file as a success.
 //!
 //! A commit held back from followers is sent once the sync is done
 //! (`LogSync::held_back_durable`, which the node answers with a heartbeat),
@@ -89,8 +101,13 @@ impl SyncState {
     }
 
     /// A sync that began after write number `through` made it and every
-    /// write before it durable.
+    /// write before it durable. After a failure nothing is settled any
+    /// more: the node is stopping, and what a sync reports then is not to
+    /// be trusted (see `log_file::Syncs`).
     fn synced_through(&mut self, through: u64) {
+        if self.failed.is_some() {
+            return;
+        }
         while let Some(p) = self.pending.front().copied() {
             if p.write > through {
                 break;
@@ -199,9 +216,9 @@ impl LogSync {
         });
     }
 
-    /// Records a failed sync; waiters for what it should have made durable
-    /// get an error.
-    fn fail(&self, error: &std::io::Error) {
+    /// Records a failed write or sync of the log; waiters for what was
+    /// pending get an error.
+    pub(crate) fn fail(&self, error: &std::io::Error) {
         self.state.send_modify(|s| {
             s.failed.get_or_insert_with(|| error.to_string());
         });
@@ -291,10 +308,13 @@ impl Syncer {
 }
 
 fn run_syncer(file: &Weak<Mutex<LogFile>>, sync: &LogSync, woken: &mpsc::Receiver<()>) {
-    while woken.recv().is_ok() {
-        if !sync_pending(file, sync) {
-            return;
-        }
+    while woken.recv().is_ok() && sync_pending(file, sync) {}
+    // The log store is gone (the node is stopping): whatever it left
+    // pending will not be synced, and no one may wait for it forever.
+    if !sync.all_durable() {
+        sync.fail(&std::io::Error::other(
+            "the log was closed before its last writes were synced",
+        ));
     }
 }
 
@@ -312,9 +332,12 @@ fn sync_pending(file: &Weak<Mutex<LogFile>>, sync: &LogSync) -> bool {
     };
     // Every write up to `through` went to this segment or to one before
     // it, which was synced whole when this one was started.
-    let segment = crate::log_store::lock(&shared).active_segment();
+    let (segment, syncs) = {
+        let file = crate::log_store::lock(&shared);
+        (file.active_segment(), file.syncs())
+    };
     drop(shared);
-    match segment.sync_data() {
+    match syncs.sync(&segment) {
         Ok(()) => sync.synced_through(through),
         Err(e) => {
             if let Some(shared) = file.upgrade() {

@@ -1611,30 +1611,90 @@ async fn appends_of_another_leader_or_a_candidate_are_synced_before_they_are_rep
 }
 
 #[tokio::test]
-async fn a_leader_restored_at_a_start_reports_its_appends_early_and_keeps_them() {
+async fn a_leader_reopened_stands_down_to_a_candidate_of_its_term_and_keeps_its_log() {
     let tmp = tempfile::tempdir().unwrap();
     let entries = script();
     {
         let (_dir, mut log, _sm) = open_as_node_1(tmp.path());
+        assert!(!log.stepped_down());
         log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
         let sync = log.sync();
         let _held = sync.hold.hold();
         log.blocking_append(entries[..3].to_vec()).await.unwrap();
         assert!(!sync.all_durable());
         // Closed with the write not yet synced (it is in the page cache; a
-        // start syncs the segments it finds).
+        // start syncs the segment it finds).
     }
-    let (_dir, mut log, _sm) = open_as_node_1(tmp.path());
+    let (dir, mut log, sm) = open_as_node_1(tmp.path());
+    assert!(log.stepped_down());
+    assert_eq!(
+        log.read_vote().await.unwrap(),
+        Some(Vote::new(1, 1)),
+        "a candidate of the same term: openraft does not restore it as leader"
+    );
     assert_eq!(all_entries(&mut log).await, entries[..3]);
     let sync = log.sync();
-    assert!(sync.all_durable(), "a start finds its log durable");
-    let held = sync.hold.hold();
+    let _held = sync.hold.hold();
     log.blocking_append(entries[3..].to_vec()).await.unwrap();
+    assert!(sync.all_durable(), "not a leader: synced before reported");
+    assert_eq!(all_entries(&mut log).await, entries);
+    drop((dir, log, sm, _held, sync));
+
+    // Only its own vote as leader is stepped down.
+    {
+        let (_dir, mut log, _sm) = open_as_node_1(tmp.path());
+        assert!(!log.stepped_down());
+        log.save_vote(&Vote::new_committed(2, 3)).await.unwrap();
+    }
+    let (_dir, mut log, _sm) = open_as_node_1(tmp.path());
+    assert!(!log.stepped_down());
+    assert_eq!(
+        log.read_vote().await.unwrap(),
+        Some(Vote::new_committed(2, 3))
+    );
+}
+
+#[tokio::test]
+async fn after_a_failed_sync_nothing_pending_is_ever_reported_durable() {
+    // The sync thread's sync fails; a later sync of the same file would
+    // succeed on Linux, and must not settle what the failed one left.
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dir, mut log, mut sm) = open_as_node_1(tmp.path());
+    let sync = log.sync();
+    log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+    let entries = script();
+    log.fail_next_sync();
+    log.blocking_append(entries[..2].to_vec()).await.unwrap();
+    let e = sync.wait_durable(2).await.unwrap_err();
+    assert!(e.to_string().contains("planted"), "{e}");
+    let e = sm.apply(entries[..2].to_vec()).await.unwrap_err();
+    assert!(e.to_string().contains("planted"), "{e}");
+    let e = log.save_vote(&Vote::new(2, 2)).await.unwrap_err();
+    assert!(e.to_string().contains("failed"), "{e}");
+    assert!(!sync.all_durable());
+
+    // A vote's sync fails while the leader's write waits for the thread.
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dir, mut log, _sm) = open_as_node_1(tmp.path());
+    let sync = log.sync();
+    log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+    let held = sync.hold.hold();
+    log.blocking_append(entries[..2].to_vec()).await.unwrap();
+    log.fail_next_sync();
+    log.save_vote(&Vote::new(2, 2)).await.unwrap_err();
+    let calls = log.sync_calls();
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while log.sync_calls() == calls {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sync thread never synced"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    sync.wait_durable(2).await.unwrap_err();
     assert!(
         !sync.all_durable(),
-        "openraft restores a leader from its saved vote, and so does the log"
+        "the thread's sync after the failure settles nothing"
     );
-    drop(held);
-    sync.wait_durable(6).await.unwrap();
-    assert_eq!(all_entries(&mut log).await, entries);
 }
