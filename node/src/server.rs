@@ -377,8 +377,10 @@ impl Node {
         if stepped_down {
             // It led before this start; the log store made it a candidate
             // of that term (see `LogStore::reporting_own_appends_early`).
-            // Standing at once spares the cluster an election timeout
-            // without a leader when it was the leader that restarted.
+            // Standing at once makes a one-voter cluster lead again within
+            // moments. In a larger one, followers that heard from it within
+            // the leader lease refuse this call, and the election comes
+            // after a timeout, as for any lost leader.
             if let Err(e) = raft.trigger().elect().await {
                 tracing::warn!("could not stand for election after a restart: {e}");
             }

@@ -140,7 +140,15 @@ impl Syncs {
         };
         #[cfg(not(test))]
         let synced = file.sync_data();
-        synced.inspect_err(|e| state.failed = Some(e.to_string()))
+        synced.map_err(|e| {
+            let failed = format!(
+                "{e}; after a failed sync the kernel may report data it could not write \
+                 as written: restart the machine, or move the data dir aside, before a \
+                 node starts on it again"
+            );
+            state.failed = Some(failed.clone());
+            io::Error::new(e.kind(), failed)
+        })
     }
 
     /// Makes the next sync fail.

@@ -181,8 +181,9 @@ impl LogStore {
     /// same term, to other entries, and followers take an entry whose id
     /// they hold for the same entry. As a candidate it never appends in
     /// that term again; it leads again only after an election, in a new
-    /// term. (The vote still names itself in that term, so it cannot vote
-    /// for another there.)
+    /// term. (It may still vote in that term for a candidate with a higher
+    /// node id, as openraft orders votes; that candidate's entries carry
+    /// its own id in their log ids, so they never pass for this node's.)
     pub fn reporting_own_appends_early(mut self, own: NodeId) -> io::Result<LogStore> {
         self.own = Some(own);
         let vote: Option<Vote<NodeId>> =
