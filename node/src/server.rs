@@ -13,8 +13,8 @@ use fuddle_storage::{DataDir, NodeAddr, OpenError, TypeConfig, open_stores};
 use openraft::storage::RaftLogStorage;
 use openraft::{Raft, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -109,7 +109,10 @@ impl Drop for RaftRuntime {
 
 /// Serves every gRPC service on the connections that arrive on `incoming`
 /// until the node shuts down.
-async fn serve_grpc(core: Arc<Core>, incoming: mpsc::Receiver<std::io::Result<Conn>>) {
+async fn serve_grpc(
+    core: Arc<Core>,
+    incoming: impl tokio_stream::Stream<Item = std::io::Result<Conn>> + Send + 'static,
+) {
     let registry_service = RegistryServer::new(RegistryService::new(core.clone()))
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(usize::MAX);
@@ -120,10 +123,7 @@ async fn serve_grpc(core: Arc<Core>, incoming: mpsc::Receiver<std::io::Result<Co
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(registry_service)
         .add_service(raft_service)
-        .serve_with_incoming_shutdown(
-            ReceiverStream::new(incoming),
-            core.shutdown.clone().cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(incoming, core.shutdown.clone().cancelled_owned())
         .await;
     if let Err(e) = result {
         tracing::error!("gRPC server failed: {e}");
@@ -453,10 +453,13 @@ impl Node {
             shutdown.clone(),
         ));
         let routed = connections::route(listener, shutdown.clone());
-        tasks.spawn(serve_grpc(core.clone(), routed.public));
-        let internal_server = raft_runtime
-            .handle()
-            .spawn(serve_grpc(core.clone(), routed.internal));
+        tasks.spawn(serve_grpc(core.clone(), ReceiverStream::new(routed.public)));
+        let internal_server = raft_runtime.handle().spawn(serve_grpc(
+            core.clone(),
+            // Mapped where the server polls it, on the Raft runtime.
+            ReceiverStream::new(routed.internal)
+                .map(|conn| conn.and_then(Conn::on_current_runtime)),
+        ));
         tracing::info!(node = id, addr = %local_addr, "serving");
         Ok(Node {
             core,

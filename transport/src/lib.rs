@@ -89,6 +89,16 @@ impl<S> Coalescing<S> {
     pub fn coalesces(&self) -> bool {
         self.enabled
     }
+
+    /// The socket back, if no written bytes are held (they would be lost);
+    /// else the wrapper itself.
+    pub fn into_inner(self) -> Result<S, Self> {
+        if self.unsent.is_empty() {
+            Ok(self.stream)
+        } else {
+            Err(self)
+        }
+    }
 }
 
 impl<S: AsyncWrite + Unpin> Coalescing<S> {
