@@ -188,9 +188,10 @@ pub(crate) struct LogFile {
     vote: Option<Vec<u8>>,
     /// The commit marker, as stored.
     committed: Option<Vec<u8>>,
-    /// Whether the commit marker changed since it was last written: it goes
-    /// out with the next record written, and it needs no sync of its own
-    /// (openraft re-derives a lost one).
+    /// Whether the commit marker changed since it was last written: it is
+    /// written at once when it fits (`set_committed`), else with the next
+    /// record, and it needs no sync of its own (openraft re-derives a lost
+    /// one).
     committed_unwritten: bool,
     /// The last purged index and its marker, as stored.
     purged: Option<(u64, Vec<u8>)>,
@@ -649,10 +650,17 @@ impl LogFile {
         Ok(file)
     }
 
-    /// Keeps the commit marker; it is written with the next record.
-    pub(crate) fn set_committed(&mut self, committed: Vec<u8>) {
+    /// Keeps the commit marker and writes it, unsynced, when it fits in
+    /// the active segment; else it goes with the next record (a new
+    /// segment's creation should not hold up the caller for a marker).
+    pub(crate) fn set_committed(&mut self, committed: Vec<u8>) -> io::Result<()> {
         self.committed = Some(committed);
         self.committed_unwritten = true;
+        if self.fits([]) {
+            let records = self.records()?;
+            self.write(records, &[])?;
+        }
+        Ok(())
     }
 
     /// Removes the entries from `index` on; the caller syncs the returned
@@ -807,7 +815,7 @@ mod tests {
             log.set_vote(b"vote 1".to_vec()).unwrap();
             log.truncate(8).unwrap();
             append(&mut log, 8..=12);
-            log.set_committed(b"commit 9".to_vec());
+            log.set_committed(b"commit 9".to_vec()).unwrap();
             log.purge(3, b"purged 3".to_vec())
                 .unwrap()
                 .sync_data()
@@ -933,7 +941,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut log = LogFile::open(tmp.path()).unwrap();
         log.set_vote(b"v".to_vec()).unwrap();
-        log.set_committed(b"c".to_vec());
+        log.set_committed(b"c".to_vec()).unwrap();
         // An append bigger than a segment gets a segment of its size.
         let big = vec![7u8; SEGMENT_BYTES as usize];
         log.append([(1, big.as_slice())])
@@ -1022,7 +1030,7 @@ mod tests {
             let mut log = LogFile::open(tmp.path()).unwrap();
             append(&mut log, 1..=2);
             log.fail(&io::Error::other("disk full"));
-            log.set_committed(b"c".to_vec());
+            assert!(log.set_committed(b"c".to_vec()).is_err());
             let err = log.append([(3, &b"three"[..])]).unwrap_err();
             assert!(err.to_string().contains("disk full"), "{err}");
             assert!(log.set_vote(b"v".to_vec()).is_err());

@@ -421,7 +421,7 @@ fn import_sled(dir: &DataDir, folder: &Path) -> io::Result<LogFile> {
         file.set_vote(vote.to_vec())?;
     }
     if let Some(committed) = meta.get(OLD_COMMITTED_KEY).map_err(sled_io)? {
-        file.set_committed(committed.to_vec());
+        file.set_committed(committed.to_vec())?;
     }
     let mut purged_index = None;
     if let Some(marker) = meta.get(OLD_PURGED_KEY).map_err(sled_io)? {
@@ -518,13 +518,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not synced: openraft re-derives the commit point if it is lost;
-        // saving it only lets a restart apply sooner. It is written with
-        // the next record.
+        // Written (one small `pwrite`) but not synced: openraft re-derives
+        // the commit point if a power cut loses it. Written at once rather
+        // than with the next record, because a start applies the log only
+        // as far as the marker, and a node restarted after a kill must not
+        // serve a state older than the one it answered before (openraft
+        // 0.9 re-commits at once only as a restored leader, which a node
+        // no longer is: see `reporting_own_appends_early`). It is written
+        // before openraft applies, so before any answer.
         let bytes =
             encode(&committed).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        self.file().set_committed(bytes);
-        Ok(())
+        self.file().set_committed(bytes).map_err(logs_write)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

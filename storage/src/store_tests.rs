@@ -1698,3 +1698,23 @@ async fn after_a_failed_sync_nothing_pending_is_ever_reported_durable() {
         "the thread's sync after the failure settles nothing"
     );
 }
+
+#[tokio::test]
+async fn the_commit_marker_outlives_a_kill_with_no_write_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (_dir, mut log) = open_log_alone(tmp.path());
+        log.blocking_append(script()).await.unwrap();
+        log.save_committed(Some(lid(1, 6))).await.unwrap();
+        // No clean close (which writes a marker still pending): what a
+        // kill leaves. The leaked store's sync thread waits until the
+        // test process ends.
+        std::mem::forget(log);
+    }
+    let (_dir, mut log) = open_log_alone(tmp.path());
+    assert_eq!(
+        log.read_committed().await.unwrap(),
+        Some(lid(1, 6)),
+        "a restart applies as far as the marker: it must not lag the answers given"
+    );
+}
