@@ -188,11 +188,6 @@ pub(crate) struct LogFile {
     vote: Option<Vec<u8>>,
     /// The commit marker, as stored.
     committed: Option<Vec<u8>>,
-    /// Whether the commit marker changed since it was last written: it is
-    /// written at once when it fits (`set_committed`), else with the next
-    /// record, and it needs no sync of its own (openraft re-derives a lost
-    /// one).
-    committed_unwritten: bool,
     /// The last purged index and its marker, as stored.
     purged: Option<(u64, Vec<u8>)>,
     /// Set when a write or a sync failed: what is on disk after the last
@@ -336,7 +331,6 @@ impl LogFile {
             entries: BTreeMap::new(),
             vote: None,
             committed: None,
-            committed_unwritten: false,
             purged: None,
             failed: None,
             syncs: Syncs::default(),
@@ -537,24 +531,10 @@ impl LogFile {
         self.active = seq;
         self.write_at = buf.len() as u64;
         self.capacity = capacity;
-        self.committed_unwritten = false;
         Ok(())
     }
 
-    /// A buffer for the next write's records: it starts with the commit
-    /// marker if that changed since it was last written.
-    fn records(&self) -> io::Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        match &self.committed {
-            Some(committed) if self.committed_unwritten => {
-                push_record(&mut buf, COMMITTED, 0, committed)?;
-            }
-            _ => {}
-        }
-        Ok(buf)
-    }
-
-    /// Writes `records` (begun by `records`, with each entry's offset
+    /// Writes `records` (built by `push_record`, with each entry's offset
     /// relative to their start), starting a new segment if they do not
     /// fit, and returns the segment to sync.
     fn write(&mut self, records: Vec<u8>, entries: &[(u64, u64, u32)]) -> io::Result<Arc<File>> {
@@ -581,15 +561,12 @@ impl LogFile {
         entries: &[(u64, u64, u32)],
     ) -> io::Result<Arc<File>> {
         if self.write_at + records.len() as u64 > self.capacity {
-            // The commit marker the records may start with is then in the
-            // new segment twice (its checkpoint too), which is harmless.
             self.start_segment(records.len() as u64, ROTATED)?;
         }
         let base = self.write_at;
         let file = Arc::clone(&self.segments[&self.active]);
         file.write_all_at(&records, base)?;
         self.write_at += records.len() as u64;
-        self.committed_unwritten = false;
         for &(index, offset, len) in entries {
             let location = Location {
                 segment: self.active,
@@ -612,17 +589,12 @@ impl LogFile {
         self.syncs.clone()
     }
 
-    /// Whether an append of entries of these sizes fits in the active
-    /// segment: one that does not starts a new segment, with syncs and a
-    /// file's creation that should not block an async worker.
-    pub(crate) fn fits(&self, sizes: impl IntoIterator<Item = usize>) -> bool {
-        let record = |data: usize| RECORD_HEADER + (BODY_HEADER + data) as u64;
-        let marker = match &self.committed {
-            Some(committed) if self.committed_unwritten => record(committed.len()),
-            _ => 0,
-        };
-        let bytes: u64 = sizes.into_iter().map(record).sum();
-        self.write_at + marker + bytes <= self.capacity
+    /// Whether `records` records holding `bytes` bytes in all fit in the
+    /// active segment: a write that does not starts a new segment, with
+    /// syncs and a file's creation that should not block an async worker.
+    pub(crate) fn fits(&self, records: usize, bytes: usize) -> bool {
+        let size = records as u64 * (RECORD_HEADER + BODY_HEADER as u64) + bytes as u64;
+        self.write_at + size <= self.capacity
     }
 
     /// Writes entries (index and encoded bytes, in index order); they are
@@ -631,7 +603,7 @@ impl LogFile {
         &mut self,
         entries: impl IntoIterator<Item = (u64, &'a [u8])>,
     ) -> io::Result<Arc<File>> {
-        let mut records = self.records()?;
+        let mut records = Vec::new();
         let mut locations = Vec::new();
         for (index, bytes) in entries {
             let offset = records.len() as u64 + RECORD_HEADER + BODY_HEADER as u64;
@@ -643,30 +615,27 @@ impl LogFile {
 
     /// Writes the vote; the caller syncs the returned segment.
     pub(crate) fn set_vote(&mut self, vote: Vec<u8>) -> io::Result<Arc<File>> {
-        let mut record = self.records()?;
+        let mut record = Vec::new();
         push_record(&mut record, VOTE, 0, &vote)?;
         let file = self.write(record, &[])?;
         self.vote = Some(vote);
         Ok(file)
     }
 
-    /// Keeps the commit marker and writes it, unsynced, when it fits in
-    /// the active segment; else it goes with the next record (a new
-    /// segment's creation should not hold up the caller for a marker).
+    /// Writes the commit marker. It needs no sync of its own: openraft
+    /// re-derives one that a power cut loses.
     pub(crate) fn set_committed(&mut self, committed: Vec<u8>) -> io::Result<()> {
+        let mut record = Vec::new();
+        push_record(&mut record, COMMITTED, 0, &committed)?;
+        self.write(record, &[])?;
         self.committed = Some(committed);
-        self.committed_unwritten = true;
-        if self.fits([]) {
-            let records = self.records()?;
-            self.write(records, &[])?;
-        }
         Ok(())
     }
 
     /// Removes the entries from `index` on; the caller syncs the returned
     /// segment.
     pub(crate) fn truncate(&mut self, index: u64) -> io::Result<Arc<File>> {
-        let mut record = self.records()?;
+        let mut record = Vec::new();
         push_record(&mut record, TRUNCATE, index, &[])?;
         let file = self.write(record, &[])?;
         self.drop_from(index);
@@ -678,7 +647,7 @@ impl LogFile {
     /// `delete_dead_segments` (a segment deleted before the purge is
     /// durable would leave a log with a hole at its start).
     pub(crate) fn purge(&mut self, index: u64, marker: Vec<u8>) -> io::Result<Arc<File>> {
-        let mut record = self.records()?;
+        let mut record = Vec::new();
         push_record(&mut record, PURGE, index, &marker)?;
         let file = self.write(record, &[])?;
         self.drop_through(index, marker);
@@ -752,20 +721,6 @@ impl LogFile {
             out.push(bytes);
         }
         Ok(out)
-    }
-}
-
-impl Drop for LogFile {
-    /// A commit marker not yet written goes out on a clean close, so that a
-    /// restart applies as far as it can at once. Best effort: a lost marker
-    /// costs only that.
-    fn drop(&mut self) {
-        if !self.committed_unwritten || self.failed.is_some() {
-            return;
-        }
-        if let Ok(file) = self.records().and_then(|r| self.write(r, &[])) {
-            let _ = self.syncs.sync(&file);
-        }
     }
 }
 

@@ -334,19 +334,11 @@ impl LogStore {
     async fn write_own(
         &self,
         write: impl FnOnce(&mut LogFile) -> io::Result<Arc<File>> + Send + 'static,
-        sizes: &[usize],
+        size: (usize, usize),
         first: u64,
         last: LogId,
     ) -> io::Result<()> {
-        let written = match self.write_if_it_fits(write, sizes) {
-            Ok(written) => written.map(drop),
-            Err(write) => {
-                let shared = Arc::clone(&self.file);
-                crate::flush::blocking(move || write(&mut lock(&shared)).map(drop))
-                    .await
-                    .and_then(|written| written)
-            }
-        };
+        let written = self.write_unsynced(write, size).await;
         if let Err(e) = &written {
             // The log takes no more writes (`LogFile::write` failed it);
             // what is pending will never be synced.
@@ -358,15 +350,32 @@ impl LogStore {
         Ok(())
     }
 
-    /// Runs `write` if entries of `sizes` fit in the active segment, or
-    /// gives it back.
-    fn write_if_it_fits<W: FnOnce(&mut LogFile) -> io::Result<Arc<File>>>(
+    /// Runs `write`, of `size` (records, bytes), on the calling thread if
+    /// it fits in the active segment, else as blocking work (it starts a
+    /// new segment); syncs nothing.
+    async fn write_unsynced<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&mut LogFile) -> io::Result<T> + Send + 'static,
+        size: (usize, usize),
+    ) -> io::Result<()> {
+        let write = match self.write_if_it_fits(write, size) {
+            Ok(written) => return written.map(drop),
+            Err(write) => write,
+        };
+        let shared = Arc::clone(&self.file);
+        crate::flush::blocking(move || write(&mut lock(&shared)).map(drop))
+            .await
+            .and_then(|written| written)
+    }
+
+    /// Runs `write` if it fits in the active segment, or gives it back.
+    fn write_if_it_fits<T, W: FnOnce(&mut LogFile) -> io::Result<T>>(
         &self,
         write: W,
-        sizes: &[usize],
-    ) -> Result<io::Result<Arc<File>>, W> {
+        (records, bytes): (usize, usize),
+    ) -> Result<io::Result<T>, W> {
         let mut file = self.file();
-        if file.fits(sizes.iter().copied()) {
+        if file.fits(records, bytes) {
             Ok(write(&mut file))
         } else {
             Err(write)
@@ -519,16 +528,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Written (one small `pwrite`) but not synced: openraft re-derives
-        // the commit point if a power cut loses it. Written at once rather
-        // than with the next record, because a start applies the log only
-        // as far as the marker, and a node restarted after a kill must not
-        // serve a state older than the one it answered before (openraft
-        // 0.9 re-commits at once only as a restored leader, which a node
-        // no longer is: see `reporting_own_appends_early`). It is written
+        // the commit point if a power cut loses it. Written at once, not
+        // with a later record, because a start applies the log only as far
+        // as the marker, and a node restarted after a kill must not serve a
+        // state older than the one it answered before (openraft 0.9
+        // re-commits at once only as a restored leader, which a node no
+        // longer is: see `reporting_own_appends_early`). It is written
         // before openraft applies, so before any answer.
         let bytes =
             encode(&committed).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        self.file().set_committed(bytes).map_err(logs_write)
+        let size = (1, bytes.len());
+        self.write_unsynced(move |file| file.set_committed(bytes), size)
+            .await
+            .map_err(logs_write)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -554,7 +566,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         };
         let (first, last) = (first.0.log_id.index, last.0.log_id);
-        let sizes: Vec<usize> = writes.iter().map(|(_, bytes)| bytes.len()).collect();
+        let size = (
+            writes.len(),
+            writes.iter().map(|(_, bytes)| bytes.len()).sum(),
+        );
         let recent = Arc::clone(&self.recent);
         let write = move |file: &mut LogFile| {
             let segment = file.append(
@@ -570,21 +585,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             Ok(segment)
         };
-        if self.leading.load(Ordering::Acquire) {
-            return match self.write_own(write, &sizes, first, last).await {
-                Ok(()) => {
-                    callback.log_io_completed(Ok(()));
-                    Ok(())
-                }
-                Err(e) => {
-                    callback.log_io_completed(Err(io::Error::new(e.kind(), e.to_string())));
-                    Err(logs_write(e))
-                }
-            };
-        }
-        // Only data on disk may be reported durable: an acknowledged write
-        // must survive a crash.
-        match self.write_durably(write).await {
+        let written = if self.leading.load(Ordering::Acquire) {
+            self.write_own(write, size, first, last).await
+        } else {
+            // Only data on disk may be reported durable: an acknowledged
+            // write must survive a crash.
+            self.write_durably(write).await
+        };
+        match written {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())

@@ -15,6 +15,7 @@ use crate::command::{ApplyError, Command, CommandResult, Origin, Outcome, Reques
 use crate::data_dir::DataDir;
 use crate::feed::{FeedConfig, FeedItem};
 use crate::log_store::LogStore;
+use crate::log_sync::LogSync;
 use crate::member::MemberSpec;
 use crate::state::RegistryState;
 use crate::state_machine::{StateMachineStore, open_stores};
@@ -1543,6 +1544,15 @@ fn open_as_node_1(path: &Path) -> (DataDir, LogStore, StateMachineStore) {
     (dir, log, sm)
 }
 
+/// Opens the stores of a data dir as node 1, established as the leader of
+/// term 1 (its appends are its own); also returns the log's `LogSync`.
+async fn open_as_leader(path: &Path) -> (DataDir, LogStore, StateMachineStore, LogSync) {
+    let (dir, mut log, sm) = open_as_node_1(path);
+    log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+    let sync = log.sync();
+    (dir, log, sm, sync)
+}
+
 /// Lets the runtime run other tasks a few times.
 async fn yield_a_few_times() {
     for _ in 0..20 {
@@ -1553,9 +1563,7 @@ async fn yield_a_few_times() {
 #[tokio::test]
 async fn a_leaders_own_appends_are_reported_at_once_and_applied_only_once_synced() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_dir, mut log, mut sm) = open_as_node_1(tmp.path());
-    let sync = log.sync();
-    log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+    let (_dir, mut log, mut sm, sync) = open_as_leader(tmp.path()).await;
     let entries = script();
 
     let held = sync.hold.hold();
@@ -1659,9 +1667,7 @@ async fn after_a_failed_sync_nothing_pending_is_ever_reported_durable() {
     // The sync thread's sync fails; a later sync of the same file would
     // succeed on Linux, and must not settle what the failed one left.
     let tmp = tempfile::tempdir().unwrap();
-    let (_dir, mut log, mut sm) = open_as_node_1(tmp.path());
-    let sync = log.sync();
-    log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+    let (_dir, mut log, mut sm, sync) = open_as_leader(tmp.path()).await;
     let entries = script();
     log.fail_next_sync();
     log.blocking_append(entries[..2].to_vec()).await.unwrap();
@@ -1675,9 +1681,7 @@ async fn after_a_failed_sync_nothing_pending_is_ever_reported_durable() {
 
     // A vote's sync fails while the leader's write waits for the thread.
     let tmp = tempfile::tempdir().unwrap();
-    let (_dir, mut log, _sm) = open_as_node_1(tmp.path());
-    let sync = log.sync();
-    log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+    let (_dir, mut log, _sm, sync) = open_as_leader(tmp.path()).await;
     let held = sync.hold.hold();
     log.blocking_append(entries[..2].to_vec()).await.unwrap();
     log.fail_next_sync();
