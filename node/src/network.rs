@@ -20,9 +20,23 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::connections::connect_internal;
+
+/// openraft's error for a failed message to a peer.
+type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>;
+
+/// openraft's error for a call that got no reply within its time.
+fn timeout_error<E: std::error::Error>(ttl: Duration) -> RpcError<E> {
+    let e = std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no reply within {ttl:?}"),
+    );
+    RPCError::Network(NetworkError::new(&e))
+}
 
 /// The gRPC metadata key naming the node an internal message is meant for.
 pub const TARGET_NODE_HEADER: &str = "fuddle-target-node";
@@ -51,6 +65,25 @@ pub struct Connection {
     client: Option<RaftClient<Channel>>,
     /// See `Network::sync`.
     sync: LogSync,
+    /// The open `AppendEntriesStream`, once an AppendEntries has been sent.
+    /// openraft makes one connection per replication to a follower and
+    /// sends on it one request at a time (`&mut self`), so replies come
+    /// back in order and need no ids. Taken out for each call and put back
+    /// after its reply: a call that fails, times out or is dropped takes
+    /// the stream with it, and the next call opens another.
+    stream: Option<AppendStream>,
+    /// Set when the peer answered UNIMPLEMENTED to the stream (a node of an
+    /// earlier release, during a rolling upgrade): AppendEntries then goes
+    /// as one call each, as before.
+    unary_only: bool,
+}
+
+/// The two halves of an open `AppendEntriesStream`.
+struct AppendStream {
+    /// Requests to the peer.
+    requests: mpsc::Sender<RaftMessage>,
+    /// The peer's replies, one per request.
+    replies: tonic::Streaming<RaftMessage>,
 }
 
 /// A gRPC channel to a peer at `addr` that connects on first use, as an
@@ -84,6 +117,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             node: node.clone(),
             client,
             sync: self.sync.clone(),
+            stream: None,
+            unary_only: false,
         }
     }
 }
@@ -95,46 +130,52 @@ enum Rpc {
     InstallSnapshot,
 }
 
+/// Maps a failed call's status to openraft's error: a peer that cannot be
+/// reached (or is not the node meant) is `Unreachable`, so that openraft
+/// backs off; anything else is a network error.
+fn status_error<E: std::error::Error>(status: tonic::Status) -> RpcError<E> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::FailedPrecondition => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
 impl Connection {
-    async fn call<Req, Resp, E>(
-        &mut self,
-        rpc: Rpc,
-        request: &Req,
-        ttl: Duration,
-    ) -> Result<Resp, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let Some(client) = self.client.as_mut() else {
-            let e = std::io::Error::other(format!("bad address {:?}", self.node.addr));
-            return Err(RPCError::Unreachable(Unreachable::new(&e)));
-        };
-        let data = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut message = tonic::Request::new(RaftMessage { data });
-        message.set_timeout(ttl);
+    /// The client, or `Unreachable` for an address that cannot be dialled.
+    fn client<E: std::error::Error>(&mut self) -> Result<&mut RaftClient<Channel>, RpcError<E>> {
+        match self.client.as_mut() {
+            Some(client) => Ok(client),
+            None => {
+                let e = std::io::Error::other(format!("bad address {:?}", self.node.addr));
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+        }
+    }
+
+    /// A request to this peer, marked with its node id.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
         // Raft messages do not name their recipient. A node whose data dir
         // was wiped comes back with a new id, possibly at the old address;
         // it must refuse traffic meant for the old id instead of answering
         // it with an empty log.
-        message.metadata_mut().insert(
+        request.metadata_mut().insert(
             TARGET_NODE_HEADER,
             tonic::metadata::MetadataValue::from(self.target),
         );
-        let reply = match rpc {
-            Rpc::AppendEntries => client.append_entries(message).await,
-            Rpc::Vote => client.vote(message).await,
-            Rpc::InstallSnapshot => client.install_snapshot(message).await,
-        };
-        let reply = reply.map_err(|status| match status.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::FailedPrecondition => {
-                RPCError::Unreachable(Unreachable::new(&status))
-            }
-            _ => RPCError::Network(NetworkError::new(&status)),
-        })?;
-        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.into_inner().data)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        request
+    }
+
+    /// Decodes a peer's reply into openraft's result.
+    fn reply<Resp, E>(&self, data: &[u8]) -> Result<Resp, RpcError<E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
@@ -143,6 +184,92 @@ impl Connection {
             ))
         })
     }
+
+    /// Sends an AppendEntries on the stream (opening it with this request
+    /// if none is open) and waits at most `ttl` for its reply. `None`: the
+    /// peer does not serve the stream; send it as a call.
+    async fn stream_call(
+        &mut self,
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> Option<Result<AppendEntriesResponse<NodeId>, RpcError>> {
+        let message = RaftMessage { data };
+        let exchange = async {
+            let mut stream =
+                match self.stream.take() {
+                    Some(stream) => {
+                        stream.requests.send(message).await.map_err(|_| {
+                            tonic::Status::unavailable("the stream to the peer ended")
+                        })?;
+                        stream
+                    }
+                    None => self.open_stream(message).await?,
+                };
+            match stream.replies.message().await? {
+                Some(reply) => Ok((stream, reply)),
+                None => Err(tonic::Status::unavailable("the peer ended the stream")),
+            }
+        };
+        // On any failure the stream is dropped: a late reply must not be
+        // taken for the next request's.
+        match tokio::time::timeout(ttl, exchange).await {
+            Ok(Ok((stream, reply))) => {
+                self.stream = Some(stream);
+                Some(self.reply(&reply.data))
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                tracing::info!(
+                    peer = self.target,
+                    "peer has no AppendEntriesStream (an earlier release): sending calls"
+                );
+                self.unary_only = true;
+                None
+            }
+            Ok(Err(status)) => Some(Err(status_error(status))),
+            Err(_) => Some(Err(timeout_error(ttl))),
+        }
+    }
+
+    /// Opens an `AppendEntriesStream` to the peer with `first` already in
+    /// it, so that the request goes with the stream's headers instead of
+    /// after a round trip for the peer's.
+    async fn open_stream(&mut self, first: RaftMessage) -> Result<AppendStream, tonic::Status> {
+        // One request in flight at a time, so one slot is enough.
+        let (requests, receiver) = mpsc::channel(1);
+        requests
+            .try_send(first)
+            .expect("a new channel has room for one");
+        let request = self.request(ReceiverStream::new(receiver));
+        let client = self
+            .client::<openraft::error::Infallible>()
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let replies = client.append_entries_stream(request).await?.into_inner();
+        Ok(AppendStream { requests, replies })
+    }
+
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        request: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RpcError<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let data = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut message = self.request(RaftMessage { data });
+        message.set_timeout(ttl);
+        let client = self.client()?;
+        let reply = match rpc {
+            Rpc::AppendEntries => client.append_entries(message).await,
+            Rpc::Vote => client.vote(message).await,
+            Rpc::InstallSnapshot => client.install_snapshot(message).await,
+        };
+        let reply = reply.map_err(status_error)?;
+        self.reply(&reply.into_inner().data)
+    }
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
@@ -150,8 +277,14 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
         rpc.leader_commit = self.sync.commit_to_send(rpc.leader_commit);
+        if !self.unary_only {
+            let data = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            if let Some(result) = self.stream_call(data, option.hard_ttl()).await {
+                return result;
+            }
+        }
         self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
     }
 
@@ -159,10 +292,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, NodeAddr, RaftError<NodeId, InstallSnapshotError>>,
-    > {
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
         self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl())
             .await
     }
@@ -171,7 +301,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<NodeId>, RpcError> {
         self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
     }
 }

@@ -1,6 +1,7 @@
 //! The server side of the internal service: Raft messages from peers, and
 //! what followers forward to the leader.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use fuddle_proto::raft::RaftMessage;
@@ -8,7 +9,8 @@ use fuddle_proto::raft::raft_server::Raft as RaftRpc;
 use fuddle_storage::codec::{decode, encode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::{Request, Response, Status};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::Core;
 use crate::forward::{ForwardBatch, ForwardReply, HeartbeatBatch, ReadIndexReply};
@@ -31,7 +33,7 @@ impl RaftService {
 impl RaftService {
     /// Refuses a Raft message meant for another node id (this address
     /// belonged to a node whose data dir was wiped).
-    fn check_target(&self, request: &Request<RaftMessage>) -> Result<(), Status> {
+    fn check_target<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let Some(value) = request.metadata().get(TARGET_NODE_HEADER) else {
             return Ok(());
         };
@@ -48,18 +50,31 @@ impl RaftService {
 }
 
 fn decode_request<T: DeserializeOwned>(request: Request<RaftMessage>) -> Result<T, Status> {
-    decode(&request.into_inner().data)
+    decode_message(&request.into_inner())
+}
+
+fn decode_message<T: DeserializeOwned>(message: &RaftMessage) -> Result<T, Status> {
+    decode(&message.data)
         .map_err(|e| Status::invalid_argument(format!("undecodable internal message: {e}")))
 }
 
-fn encode_reply<T: Serialize>(reply: &T) -> Result<Response<RaftMessage>, Status> {
+fn encode_message<T: Serialize>(reply: &T) -> Result<RaftMessage, Status> {
     encode(reply)
-        .map(|data| Response::new(RaftMessage { data }))
+        .map(|data| RaftMessage { data })
         .map_err(|e| Status::internal(format!("cannot encode internal reply: {e}")))
 }
 
+fn encode_reply<T: Serialize>(reply: &T) -> Result<Response<RaftMessage>, Status> {
+    encode_message(reply).map(Response::new)
+}
+
+/// The replies of an `AppendEntriesStream`, one per request.
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
+    type AppendEntriesStreamStream = ReplyStream;
+
     async fn append_entries(
         &self,
         request: Request<RaftMessage>,
@@ -69,6 +84,25 @@ impl RaftRpc for RaftService {
         encode_reply(&self.core.raft.append_entries(rpc).await)
     }
 
+    async fn append_entries_stream(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        self.check_target(&request)?;
+        let raft = self.core.raft.clone();
+        // One request at a time, in order, as the leader sends them: the
+        // leader's replication to this node waits for each reply before its
+        // next request anyway. A message that does not decode ends the
+        // stream with the error; the leader opens another.
+        let replies = request.into_inner().then(move |message| {
+            let raft = raft.clone();
+            async move {
+                let rpc = decode_message(&message?)?;
+                encode_message(&raft.append_entries(rpc).await)
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_target(&request)?;
         let rpc = decode_request(request)?;
