@@ -76,6 +76,12 @@ pub struct Connection {
     /// earlier release, during a rolling upgrade): AppendEntries then goes
     /// as one call each, as before.
     unary_only: bool,
+    /// Whether an AppendEntries has gone on this connection. The first goes
+    /// as a call: openraft also makes a connection for a single message
+    /// (the heartbeat round of a linearizable read), for which a stream
+    /// would cost more than it saves. A replication's connection streams
+    /// from its second message on.
+    used: bool,
 }
 
 /// The two halves of an open `AppendEntriesStream`.
@@ -119,6 +125,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             sync: self.sync.clone(),
             stream: None,
             unary_only: false,
+            used: false,
         }
     }
 }
@@ -279,7 +286,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
         rpc.leader_commit = self.sync.commit_to_send(rpc.leader_commit);
-        if !self.unary_only {
+        let stream = self.used && !self.unary_only;
+        self.used = true;
+        if stream {
             let data = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
             if let Some(result) = self.stream_call(data, option.hard_ttl()).await {
                 return result;

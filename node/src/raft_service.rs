@@ -93,8 +93,13 @@ impl RaftRpc for RaftService {
         // One request at a time, in order, as the leader sends them: the
         // leader's replication to this node waits for each reply before its
         // next request anyway. A message that does not decode ends the
-        // stream with the error; the leader opens another.
-        let replies = request.into_inner().then(move |message| {
+        // stream with the error; the leader opens another. The stream also
+        // ends when this node shuts down: the leader would otherwise keep
+        // it open with heartbeats, and the server, which waits for its
+        // streams to end, with it.
+        let shutdown = self.core.shutdown.clone().cancelled_owned();
+        let requests = futures::StreamExt::take_until(request.into_inner(), shutdown);
+        let replies = requests.then(move |message| {
             let raft = raft.clone();
             async move {
                 let rpc = decode_message(&message?)?;

@@ -46,12 +46,11 @@ fn heartbeat(term: u64) -> AppendEntriesRequest<TypeConfig> {
 
 type Reply = Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>>;
 
-async fn send(
-    connection: &mut <Network as RaftNetworkFactory<TypeConfig>>::Network,
-    ttl: Duration,
-) -> Reply {
+type Connection = <Network as RaftNetworkFactory<TypeConfig>>::Network;
+
+async fn send(connection: &mut Connection, term: u64, ttl: Duration) -> Reply {
     connection
-        .append_entries(heartbeat(1), RPCOption::new(ttl))
+        .append_entries(heartbeat(term), RPCOption::new(ttl))
         .await
 }
 
@@ -66,23 +65,30 @@ async fn a_stream_meant_for_another_node_id_is_refused_and_its_own_is_served() {
     let mut network = Network::default();
 
     // A node whose data dir was wiped comes back under a new id at the old
-    // address: traffic for the old id must not be answered.
+    // address: traffic for the old id must not be answered, neither the
+    // first AppendEntries of a connection (a call) nor the later ones (on
+    // the stream).
     let mut wrong = network.new_client(node.core.id + 1, &addr).await;
-    match send(&mut wrong, Duration::from_secs(10)).await {
-        Err(RPCError::Unreachable(e)) => {
-            assert!(e.to_string().contains("not node"), "{e}");
+    for round in 0..3 {
+        match send(&mut wrong, 1, Duration::from_secs(10)).await {
+            Err(RPCError::Unreachable(e)) => {
+                assert!(e.to_string().contains("not node"), "round {round}: {e}");
+            }
+            other => panic!("round {round}: a message for another id was answered: {other:?}"),
         }
-        other => panic!("a stream for another id was not refused: {other:?}"),
     }
 
-    // Its own id: answered, and again on the same stream. The node leads a
-    // term of its own, so a stranger's heartbeat of term 1 meets a higher
-    // vote, or is taken if the node is still in term 1's election.
+    // Its own id: answered, on the stream from the second message on. The
+    // node leads a term of its own, so a stranger's heartbeat of term 1
+    // meets a higher vote, or is taken if the node is still in term 1's
+    // election; either is an answer.
     let mut right = network.new_client(node.core.id, &addr).await;
     for round in 0..3 {
-        let reply = send(&mut right, Duration::from_secs(10)).await;
+        let reply = send(&mut right, 1, Duration::from_secs(10)).await;
         assert!(reply.is_ok(), "round {round}: {reply:?}");
     }
+    // The node ends its streams when it shuts down (else the leader's
+    // heartbeats would hold its server open); `right` still holds one.
     node.shutdown().await;
 }
 
@@ -91,8 +97,9 @@ async fn a_stream_meant_for_another_node_id_is_refused_and_its_own_is_served() {
 enum Peer {
     /// An earlier release: no `AppendEntriesStream`.
     EarlierRelease,
-    /// Never answers on the first stream opened to it; answers on the rest.
-    SilentFirstStream,
+    /// Answers every request with its own term, and those of the terms in
+    /// `SLOW_TERMS` only after `SLOW`, longer than the caller waits.
+    Echo,
 }
 
 /// A peer written for these tests, counting what it is sent.
@@ -106,12 +113,32 @@ struct TestPeer {
     calls: Arc<AtomicUsize>,
 }
 
-fn success() -> Result<RaftMessage, Status> {
+/// Terms whose requests the `Echo` peer answers late.
+const SLOW_TERMS: [u64; 2] = [2, 4];
+/// How late.
+const SLOW: Duration = Duration::from_secs(1);
+
+/// The `Echo` peer's answer: a higher vote naming the request's term, so
+/// that a reply taken for another request's shows.
+async fn echo(message: Result<RaftMessage, Status>) -> Result<RaftMessage, Status> {
+    let request: AppendEntriesRequest<TypeConfig> = decode(&message?.data).unwrap();
+    let term = request.vote.leader_id().term;
+    if SLOW_TERMS.contains(&term) {
+        tokio::time::sleep(SLOW).await;
+    }
     let reply: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-        Ok(AppendEntriesResponse::Success);
+        Ok(AppendEntriesResponse::HigherVote(Vote::new(term, 9)));
     Ok(RaftMessage {
         data: encode(&reply).unwrap(),
     })
+}
+
+/// The term an `Echo` reply names.
+fn echoed(reply: &Reply) -> Option<u64> {
+    match reply {
+        Ok(AppendEntriesResponse::HigherVote(vote)) => Some(vote.leader_id().term),
+        _ => None,
+    }
 }
 
 fn unused<T>() -> Result<Response<T>, Status> {
@@ -128,29 +155,19 @@ impl RaftRpc for TestPeer {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let _: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().data).unwrap();
         self.calls.fetch_add(1, Ordering::SeqCst);
-        success().map(Response::new)
+        echo(Ok(request.into_inner())).await.map(Response::new)
     }
 
     async fn append_entries_stream(
         &self,
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<Replies>, Status> {
+        self.streams.fetch_add(1, Ordering::SeqCst);
         if self.kind == Peer::EarlierRelease {
             return Err(Status::unimplemented("unknown method"));
         }
-        let opened = self.streams.fetch_add(1, Ordering::SeqCst);
-        let requests = request.into_inner();
-        if opened == 0 {
-            // Takes the requests and never answers (a peer that hangs).
-            let silent = requests.filter_map(|_| None::<Result<RaftMessage, Status>>);
-            return Ok(Response::new(Box::pin(silent)));
-        }
-        let replies = requests.map(|message| {
-            let _: AppendEntriesRequest<TypeConfig> = decode(&message?.data).unwrap();
-            success()
-        });
+        let replies = request.into_inner().then(echo);
         Ok(Response::new(Box::pin(replies)))
     }
 
@@ -215,39 +232,45 @@ async fn a_peer_without_the_stream_gets_one_call_per_append_entries() {
     let peer = test_peer(Peer::EarlierRelease);
     let (addr, stop) = serve(peer.clone()).await;
     let mut connection = Network::default().new_client(2, &addr).await;
-    for round in 1..=3 {
-        let reply = send(&mut connection, Duration::from_secs(10)).await;
-        assert!(
-            matches!(reply, Ok(AppendEntriesResponse::Success)),
-            "round {round}: {reply:?}"
-        );
-        assert_eq!(peer.calls.load(Ordering::SeqCst), round);
+    for (round, term) in [1, 3, 5, 6].into_iter().enumerate() {
+        let reply = send(&mut connection, term, Duration::from_secs(10)).await;
+        assert_eq!(echoed(&reply), Some(term), "{reply:?}");
+        assert_eq!(peer.calls.load(Ordering::SeqCst), round + 1);
     }
+    // The second message tried the stream once; the rest did not.
+    assert_eq!(peer.streams.load(Ordering::SeqCst), 1);
     stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_that_timed_out_is_replaced_and_a_good_one_is_kept() {
-    let peer = test_peer(Peer::SilentFirstStream);
+async fn a_late_reply_is_never_taken_for_a_later_request() {
+    let peer = test_peer(Peer::Echo);
     let (addr, stop) = serve(peer.clone()).await;
     let mut connection = Network::default().new_client(2, &addr).await;
+    let short = Duration::from_millis(300);
+    let long = Duration::from_secs(10);
 
-    // The first stream never answers: the call fails after its time, and
-    // the stream is dropped (a late reply must not answer the next call).
-    let reply = send(&mut connection, Duration::from_millis(300)).await;
-    assert!(
-        matches!(reply, Err(RPCError::Network(_))),
-        "a silent peer's reply: {reply:?}"
-    );
-    // The next calls go on a second stream, all of them.
-    for round in 0..3 {
-        let reply = send(&mut connection, Duration::from_secs(10)).await;
-        assert!(
-            matches!(reply, Ok(AppendEntriesResponse::Success)),
-            "round {round}: {reply:?}"
-        );
+    // The first message of a connection is a call.
+    let reply = send(&mut connection, 1, long).await;
+    assert_eq!(echoed(&reply), Some(1), "{reply:?}");
+    // The second opens a stream, and its reply comes after the caller's
+    // time: the call fails and the stream goes with it.
+    let reply = send(&mut connection, 2, short).await;
+    assert!(matches!(reply, Err(RPCError::Network(_))), "{reply:?}");
+    // The next is answered on a new stream, with its own reply, not the
+    // late one for term 2.
+    let reply = send(&mut connection, 3, long).await;
+    assert_eq!(echoed(&reply), Some(3), "{reply:?}");
+    // A call dropped by its caller (as openraft's own timeout drops it)
+    // takes the stream with it too.
+    let dropped = tokio::time::timeout(short, send(&mut connection, 4, long)).await;
+    assert!(dropped.is_err(), "term 4 was answered in time: {dropped:?}");
+    for term in [5, 6, 7] {
+        let reply = send(&mut connection, term, long).await;
+        assert_eq!(echoed(&reply), Some(term), "{reply:?}");
     }
-    assert_eq!(peer.streams.load(Ordering::SeqCst), 2);
-    assert_eq!(peer.calls.load(Ordering::SeqCst), 0);
+    // Streams: term 2's, terms 3 and 4's, and terms 5 to 7's.
+    assert_eq!(peer.streams.load(Ordering::SeqCst), 3);
+    assert_eq!(peer.calls.load(Ordering::SeqCst), 1);
     stop.cancel();
 }
