@@ -24,6 +24,17 @@ pub struct ForwardReply {
     pub results: Vec<Proposed>,
 }
 
+/// A message on a `ForwardStream`: a batch or its reply, with the id that
+/// pairs them. Replies come back in the order the leader finishes the
+/// batches, which need not be the order they were sent in.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Chosen by the follower, unique on its stream.
+    pub id: u64,
+    /// A [`ForwardBatch`] or a [`ForwardReply`].
+    pub body: T,
+}
+
 /// Sessions heard from by a follower since its last batch.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HeartbeatBatch {

@@ -11,6 +11,7 @@ pub mod core;
 pub mod counters;
 pub mod error;
 pub mod forward;
+pub mod forward_stream;
 pub mod gossip;
 pub mod held_commits;
 pub mod http;

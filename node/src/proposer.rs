@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::error::NodeError;
 use crate::forward::{ForwardBatch, ForwardReply};
+use crate::forward_stream::{Forwarded, Forwarder};
 use crate::peers::{FORWARD_TIMEOUT, Peers, current_leader, peer_error, wait_for_leader};
 
 /// How many batches may be proposed and not yet answered at once.
@@ -62,6 +63,8 @@ struct Ctx {
     raft: Raft<TypeConfig>,
     /// Channels to the leader when it is another node.
     peers: Arc<Peers>,
+    /// The stream batches are forwarded on.
+    forwarder: Forwarder,
     /// A leader that has not heard from a quorum for this long refuses new
     /// writes at once (they could not commit) rather than time out.
     quorum_timeout: Duration,
@@ -87,6 +90,7 @@ impl Proposer {
         let ctx = Arc::new(Ctx {
             node_id,
             raft,
+            forwarder: Forwarder::new(peers.clone()),
             peers,
             quorum_timeout,
         });
@@ -287,6 +291,10 @@ async fn forward_call(
     addr: &str,
     commands: Cow<'_, [Command]>,
 ) -> Result<ForwardReply, NodeError> {
+    let commands = match ctx.forwarder.forward(leader, addr, &commands).await {
+        Forwarded::Done(result) => return result,
+        Forwarded::Unsupported => commands,
+    };
     let data =
         encode(&ForwardBatch { commands }).map_err(|e| NodeError::Internal(e.to_string()))?;
     let mut client = ctx.peers.raft(leader, addr)?;

@@ -9,11 +9,13 @@ use fuddle_proto::raft::raft_server::Raft as RaftRpc;
 use fuddle_storage::codec::{decode, encode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::Core;
-use crate::forward::{ForwardBatch, ForwardReply, HeartbeatBatch, ReadIndexReply};
+use crate::forward::{Envelope, ForwardBatch, ForwardReply, HeartbeatBatch, ReadIndexReply};
 use crate::network::TARGET_NODE_HEADER;
 use crate::peers::current_leader;
 
@@ -68,12 +70,30 @@ fn encode_reply<T: Serialize>(reply: &T) -> Result<Response<RaftMessage>, Status
     encode_message(reply).map(Response::new)
 }
 
-/// The replies of an `AppendEntriesStream`, one per request.
+/// Proposes a follower's batch here, as one proposal per command: proposed
+/// together, they share the leader's next entry.
+async fn propose_forwarded(core: &Core, batch: ForwardBatch<'_>) -> ForwardReply {
+    let proposals = batch
+        .commands
+        .into_owned()
+        .into_iter()
+        .map(|command| core.proposer.propose_local(command));
+    ForwardReply {
+        results: futures::future::join_all(proposals).await,
+    }
+}
+
+/// How many replies of a `ForwardStream` may wait to be sent. A follower
+/// has at most 16 batches in flight.
+const FORWARD_STREAM_QUEUE: usize = 32;
+
+/// The replies of an `AppendEntriesStream` or a `ForwardStream`.
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     type AppendEntriesStreamStream = ReplyStream;
+    type ForwardStreamStream = ReplyStream;
 
     async fn append_entries(
         &self,
@@ -128,14 +148,54 @@ impl RaftRpc for RaftService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let batch: ForwardBatch = decode_request(request)?;
-        let proposals = batch
-            .commands
-            .into_owned()
-            .into_iter()
-            .map(|command| self.core.proposer.propose_local(command));
-        // Proposed together, they share the leader's next batch.
-        let results = futures::future::join_all(proposals).await;
-        encode_reply(&ForwardReply { results })
+        encode_reply(&propose_forwarded(&self.core, batch).await)
+    }
+
+    async fn forward_stream(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let (replies, out) = mpsc::channel(FORWARD_STREAM_QUEUE);
+        let mut requests = request.into_inner();
+        let core = self.core.clone();
+        // Reads the follower's batches and proposes each in a task of its
+        // own, so that they share the leader's next entries as calls
+        // would; each task holds a sender, so the replies end once the
+        // requests have and every batch is answered. A node shutting down
+        // reads no more (the stream would otherwise hold its server open).
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = core.shutdown.cancelled() => break,
+                    message = requests.message() => message,
+                };
+                let message = match message {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = replies.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let envelope: Envelope<ForwardBatch> = match decode_message(&message) {
+                    Ok(envelope) => envelope,
+                    Err(status) => {
+                        let _ = replies.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let (core, replies) = (core.clone(), replies.clone());
+                tokio::spawn(async move {
+                    let body = propose_forwarded(&core, envelope.body).await;
+                    let reply = Envelope {
+                        id: envelope.id,
+                        body,
+                    };
+                    let _ = replies.send(encode_message(&reply)).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 
     async fn forward_heartbeats(

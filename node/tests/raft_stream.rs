@@ -1,9 +1,12 @@
 //! A leader's AppendEntries to a follower travel on one long-lived stream
-//! (`AppendEntriesStream`). These tests hold the client side
-//! (`fuddle_node::network`) to its promises: a stream is refused when it is
-//! meant for another node id, a stream that timed out is replaced rather
-//! than read for a late reply, and a peer of an earlier release (no stream)
-//! gets plain calls.
+//! (`AppendEntriesStream`), and so do a follower's forwarded batches to the
+//! leader (`ForwardStream`). These tests hold the client sides
+//! (`fuddle_node::network`, `fuddle_node::forward_stream`) to their
+//! promises: a stream is refused when it is meant for another node id, a
+//! stream that timed out is replaced rather than read for a late reply,
+//! replies out of order reach the batch they answer, a stream that breaks
+//! tells its waiting batches that they may have been applied, and a peer of
+//! an earlier release (no stream) gets plain calls.
 //!
 //! The peers here are a real node, and, where a peer must misbehave or be of
 //! an earlier release, a small server written in the test: no build of an
@@ -16,13 +19,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fuddle_node::Node;
 use fuddle_node::connections::route;
+use fuddle_node::forward::{Envelope, ForwardBatch, ForwardReply};
+use fuddle_node::forward_stream::{Forwarded, Forwarder};
 use fuddle_node::network::Network;
+use fuddle_node::peers::Peers;
+use fuddle_node::{Node, NodeError};
 use fuddle_proto::raft::RaftMessage;
 use fuddle_proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
 use fuddle_storage::codec::{decode, encode};
-use fuddle_storage::{NodeAddr, NodeId, TypeConfig};
+use fuddle_storage::{Command, NodeAddr, NodeId, TypeConfig};
 use openraft::Vote;
 use openraft::error::{RPCError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -98,8 +104,12 @@ enum Peer {
     /// An earlier release: no `AppendEntriesStream`.
     EarlierRelease,
     /// Answers every request with its own term, and those of the terms in
-    /// `SLOW_TERMS` only after `SLOW`, longer than the caller waits.
+    /// `SLOW_TERMS` only after `SLOW`, longer than the caller waits. Answers
+    /// forwarded batches in pairs, the second first.
     Echo,
+    /// Takes one forwarded batch on its first stream and then breaks that
+    /// stream; answers on later streams.
+    BreaksFirstForwardStream,
 }
 
 /// A peer written for these tests, counting what it is sent.
@@ -131,6 +141,42 @@ async fn echo(message: Result<RaftMessage, Status>) -> Result<RaftMessage, Statu
     Ok(RaftMessage {
         data: encode(&reply).unwrap(),
     })
+}
+
+/// A test peer's answer to a forwarded batch: one result per command, each
+/// naming the batch's size, so that a reply given to the wrong batch shows.
+fn answer(batch: &ForwardBatch) -> ForwardReply {
+    let n = batch.commands.len();
+    ForwardReply {
+        results: (0..n)
+            .map(|_| Err(NodeError::Internal(format!("a batch of {n}"))))
+            .collect(),
+    }
+}
+
+/// A batch of `n` commands.
+fn commands(n: usize) -> Vec<Command> {
+    (0..n)
+        .map(|i| Command::CloseSession {
+            client_id: format!("c{i}"),
+        })
+        .collect()
+}
+
+/// The size a test peer's answer names, for each of its results.
+fn answered(forwarded: Forwarded) -> Vec<String> {
+    match forwarded {
+        Forwarded::Done(Ok(reply)) => reply
+            .results
+            .into_iter()
+            .map(|r| match r {
+                Err(NodeError::Internal(what)) => what,
+                other => format!("unexpected {other:?}"),
+            })
+            .collect(),
+        Forwarded::Done(Err(e)) => vec![format!("error: {e}")],
+        Forwarded::Unsupported => vec!["unsupported".into()],
+    }
 }
 
 /// The term an `Echo` reply names.
@@ -180,8 +226,66 @@ impl RaftRpc for TestPeer {
     ) -> Result<Response<RaftMessage>, Status> {
         unused()
     }
-    async fn forward(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        unused()
+    async fn forward(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let batch: ForwardBatch = decode(&request.into_inner().data).unwrap();
+        Ok(Response::new(RaftMessage {
+            data: encode(&answer(&batch)).unwrap(),
+        }))
+    }
+
+    type ForwardStreamStream = Replies;
+
+    async fn forward_stream(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Replies>, Status> {
+        let opened = self.streams.fetch_add(1, Ordering::SeqCst);
+        let mut requests = request.into_inner();
+        let (replies, out) = tokio::sync::mpsc::channel(8);
+        match self.kind {
+            Peer::EarlierRelease => return Err(Status::unimplemented("unknown method")),
+            Peer::BreaksFirstForwardStream if opened == 0 => {
+                tokio::spawn(async move {
+                    let _ = requests.message().await;
+                    let _ = replies.send(Err(Status::internal("broken"))).await;
+                });
+            }
+            _ => {
+                let in_pairs = self.kind == Peer::Echo;
+                tokio::spawn(async move {
+                    let mut held: Option<Envelope<ForwardBatch<'static>>> = None;
+                    while let Ok(Some(message)) = requests.message().await {
+                        let envelope: Envelope<ForwardBatch> = decode(&message.data).unwrap();
+                        let mut batch = vec![envelope];
+                        if in_pairs {
+                            match held.take() {
+                                // The second of a pair is answered first.
+                                Some(first) => batch.push(first),
+                                None => {
+                                    held = batch.pop();
+                                    continue;
+                                }
+                            }
+                        }
+                        for envelope in batch {
+                            let reply = Envelope {
+                                id: envelope.id,
+                                body: answer(&envelope.body),
+                            };
+                            let data = encode(&reply).unwrap();
+                            if replies.send(Ok(RaftMessage { data })).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
     async fn forward_heartbeats(
         &self,
@@ -272,5 +376,64 @@ async fn a_late_reply_is_never_taken_for_a_later_request() {
     // Streams: term 2's, terms 3 and 4's, and terms 5 to 7's.
     assert_eq!(peer.streams.load(Ordering::SeqCst), 3);
     assert_eq!(peer.calls.load(Ordering::SeqCst), 1);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_batches_answered_out_of_order_each_get_their_own_reply() {
+    let peer = test_peer(Peer::Echo);
+    let (addr, stop) = serve(peer.clone()).await;
+    let forwarder = Forwarder::new(Arc::new(Peers::new(None)));
+    let (one, two) = (commands(1), commands(2));
+    for round in 0..3 {
+        // The peer answers each pair second first.
+        let (a, b) = tokio::join!(
+            forwarder.forward(2, &addr.addr, &one),
+            forwarder.forward(2, &addr.addr, &two),
+        );
+        assert_eq!(answered(a), ["a batch of 1"], "round {round}");
+        assert_eq!(
+            answered(b),
+            ["a batch of 2", "a batch of 2"],
+            "round {round}"
+        );
+    }
+    assert_eq!(peer.streams.load(Ordering::SeqCst), 1);
+    assert_eq!(peer.calls.load(Ordering::SeqCst), 0);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_forward_stream_leaves_the_outcome_open_and_is_replaced() {
+    let peer = test_peer(Peer::BreaksFirstForwardStream);
+    let (addr, stop) = serve(peer.clone()).await;
+    let forwarder = Forwarder::new(Arc::new(Peers::new(None)));
+    // The batch reached the leader, whose answer was lost: the client must
+    // not take it for a write that was never made.
+    match forwarder.forward(2, &addr.addr, &commands(1)).await {
+        Forwarded::Done(Err(NodeError::Timeout(why))) => {
+            assert!(why.contains("may have been applied"), "{why}");
+        }
+        other => panic!("a lost answer: {:?}", answered(other)),
+    }
+    for round in 0..3 {
+        let reply = forwarder.forward(2, &addr.addr, &commands(3)).await;
+        assert_eq!(answered(reply), ["a batch of 3"; 3], "round {round}");
+    }
+    assert_eq!(peer.streams.load(Ordering::SeqCst), 2);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_the_forward_stream_is_sent_calls() {
+    let peer = test_peer(Peer::EarlierRelease);
+    let (addr, stop) = serve(peer.clone()).await;
+    let forwarder = Forwarder::new(Arc::new(Peers::new(None)));
+    for _ in 0..3 {
+        let reply = forwarder.forward(2, &addr.addr, &commands(1)).await;
+        assert_eq!(answered(reply), ["unsupported"]);
+    }
+    // Asked once; the proposer then makes calls (`Forward`).
+    assert_eq!(peer.streams.load(Ordering::SeqCst), 1);
     stop.cancel();
 }
