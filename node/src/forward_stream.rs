@@ -9,20 +9,22 @@
 //! batch waiting for it.
 //!
 //! What a caller is told follows the rule of the call it replaces: a batch
-//! that surely never left this node fails as unreachable (the client may
-//! retry it anywhere); once it may have reached the leader, a lost answer
-//! is "may have been applied". A leader of an earlier release answers the
-//! stream with `UNIMPLEMENTED`; the caller then makes calls.
+//! that surely never reached the leader fails as unreachable (the client
+//! may retry it anywhere); once it may have, a lost answer is "may have
+//! been applied". A leader of an earlier release answers the stream with
+//! `UNIMPLEMENTED`; the caller then makes calls.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use fuddle_proto::raft::RaftMessage;
 use fuddle_storage::Command;
 use fuddle_storage::codec::{decode, encode};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OnceCell, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::NodeError;
@@ -32,6 +34,10 @@ use crate::peers::{FORWARD_TIMEOUT, Peers, peer_error};
 /// How many batches may wait to be written to the stream. The proposer has
 /// at most 16 in flight.
 const QUEUE: usize = 32;
+
+/// How long a leader that answered `UNIMPLEMENTED` is sent calls before
+/// the stream is tried again (it may have been upgraded in place).
+const RETRY_UNSUPPORTED: Duration = Duration::from_secs(60);
 
 /// Batches waiting for their replies, by id.
 type Waiting = Mutex<HashMap<u64, oneshot::Sender<Result<ForwardReply, NodeError>>>>;
@@ -49,14 +55,25 @@ pub enum Forwarded {
 pub struct Forwarder {
     /// Channels to peers.
     peers: Arc<Peers>,
-    /// The stream to the leader as last known, if one is open.
-    link: tokio::sync::Mutex<Option<Arc<Link>>>,
+    /// The stream to the leader as last known: open, opening, or failed to
+    /// open. Held only to read or replace it, never across an await, so a
+    /// slow open holds up only the batches for that leader, which share it.
+    slot: Mutex<Option<Arc<Slot>>>,
+}
+
+/// One attempt at a stream to one leader, shared by every batch that
+/// comes while it opens.
+struct Slot {
+    /// The leader's id and address: another leader needs another stream.
+    leader: (u64, String),
+    /// The open stream, once the attempt is over, or why it failed.
+    opened: OnceCell<Result<Arc<Link>, NodeError>>,
+    /// When the attempt started, to try again a leader without the stream.
+    started: Instant,
 }
 
 /// An open stream to one leader.
 struct Link {
-    /// The leader's id and address: another leader needs another stream.
-    leader: (u64, String),
     /// Batches to write to the stream.
     requests: mpsc::Sender<RaftMessage>,
     /// Batches sent and not yet answered.
@@ -70,21 +87,40 @@ struct Link {
     unsupported: bool,
 }
 
+impl Slot {
+    /// Whether the next batch needs a new attempt: this one failed, its
+    /// stream ended, or its leader had no stream a while ago.
+    fn is_spent(&self) -> bool {
+        match self.opened.get() {
+            None => false,
+            Some(Err(_)) => true,
+            Some(Ok(link)) if link.unsupported => self.started.elapsed() > RETRY_UNSUPPORTED,
+            Some(Ok(link)) => link.ended.load(Ordering::Acquire),
+        }
+    }
+}
+
 impl Forwarder {
     /// A forwarder over `peers`' channels.
     pub fn new(peers: Arc<Peers>) -> Forwarder {
         Forwarder {
             peers,
-            link: tokio::sync::Mutex::new(None),
+            slot: Mutex::new(None),
         }
     }
 
-    /// Sends `commands` to the leader `leader` at `addr` and waits (at most
-    /// `FORWARD_TIMEOUT`) for its reply.
+    /// Sends `commands` to the leader `leader` at `addr` and waits for its
+    /// reply, all within `FORWARD_TIMEOUT`.
     pub async fn forward(&self, leader: u64, addr: &str, commands: &[Command]) -> Forwarded {
-        let link = match self.link(leader, addr).await {
-            Ok(link) => link,
-            Err(e) => return Forwarded::Done(Err(e)),
+        let deadline = Instant::now() + FORWARD_TIMEOUT;
+        let not_sent = |why: &str| {
+            let status = tonic::Status::unavailable(why.to_string());
+            Forwarded::Done(Err(peer_error(leader, addr, status)))
+        };
+        let link = match tokio::time::timeout_at(deadline, self.link(leader, addr)).await {
+            Ok(Ok(link)) => link,
+            Ok(Err(e)) => return Forwarded::Done(Err(e)),
+            Err(_) => return not_sent("opening the stream to the leader took too long"),
         };
         if link.unsupported {
             return Forwarded::Unsupported;
@@ -102,20 +138,21 @@ impl Forwarder {
         let (reply, answer) = oneshot::channel();
         lock(&link.waiting).insert(id, reply);
         // The reply task marks the stream ended before it fails what is
-        // waiting: a batch registered after that would wait in vain.
+        // waiting, under the same lock as the insert above: either it sees
+        // this batch, or this load sees the mark. A batch registered after
+        // the drain would otherwise wait in vain.
         if link.ended.load(Ordering::Acquire) {
             lock(&link.waiting).remove(&id);
-            let e = tonic::Status::unavailable("the stream to the leader ended");
-            return Forwarded::Done(Err(peer_error(leader, addr, e)));
+            return not_sent("the stream to the leader ended");
         }
-        if link.requests.send(RaftMessage { data }).await.is_err() {
-            // The stream ended before the batch was queued: it was not sent.
+        // A send that fails or is cut short by the deadline queued nothing.
+        let sent =
+            tokio::time::timeout_at(deadline, link.requests.send(RaftMessage { data })).await;
+        if !matches!(sent, Ok(Ok(()))) {
             lock(&link.waiting).remove(&id);
-            link.ended.store(true, Ordering::Release);
-            let e = tonic::Status::unavailable("the stream to the leader ended");
-            return Forwarded::Done(Err(peer_error(leader, addr, e)));
+            return not_sent("the stream to the leader is full or ended");
         }
-        let result = match tokio::time::timeout(FORWARD_TIMEOUT, answer).await {
+        let result = match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(unknown_outcome("the stream to the leader ended")),
             Err(_) => {
@@ -126,19 +163,33 @@ impl Forwarder {
         Forwarded::Done(result)
     }
 
-    /// The open stream to this leader, opening one if there is none.
+    /// The stream to this leader: the current attempt if it is for this
+    /// leader and not spent, else a new one. Batches that come while a
+    /// stream opens wait for that attempt and share its outcome.
     async fn link(&self, leader: u64, addr: &str) -> Result<Arc<Link>, NodeError> {
-        let mut current = self.link.lock().await;
-        if let Some(link) = current.as_ref()
-            && link.leader.0 == leader
-            && link.leader.1 == addr
-            && !link.ended.load(Ordering::Acquire)
-        {
-            return Ok(link.clone());
-        }
-        let link = Arc::new(self.open(leader, addr).await?);
-        *current = Some(link.clone());
-        Ok(link)
+        let slot = {
+            let mut current = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+            match current.as_ref() {
+                Some(slot)
+                    if slot.leader.0 == leader && slot.leader.1 == addr && !slot.is_spent() =>
+                {
+                    slot.clone()
+                }
+                _ => {
+                    let slot = Arc::new(Slot {
+                        leader: (leader, addr.to_string()),
+                        opened: OnceCell::new(),
+                        started: Instant::now(),
+                    });
+                    *current = Some(slot.clone());
+                    slot
+                }
+            }
+        };
+        slot.opened
+            .get_or_init(|| async { self.open(leader, addr).await.map(Arc::new) })
+            .await
+            .clone()
     }
 
     /// Opens a stream. Nothing is sent on it yet, so a failure here means
@@ -148,7 +199,6 @@ impl Forwarder {
         let waiting: Arc<Waiting> = Arc::default();
         let ended = Arc::new(AtomicBool::new(false));
         let mut link = Link {
-            leader: (leader, addr.to_string()),
             requests,
             waiting: waiting.clone(),
             next_id: AtomicU64::new(0),
@@ -177,27 +227,44 @@ impl Forwarder {
                 return Err(peer_error(leader, addr, e));
             }
         };
-        tokio::spawn(hand_out_replies(replies, waiting, ended));
+        let leader = (leader, addr.to_string());
+        tokio::spawn(hand_out_replies(replies, waiting, ended, leader));
         Ok(link)
     }
 }
 
 /// Hands each reply to the batch waiting for it until the stream ends,
-/// then fails the batches still waiting: they may have reached the leader.
+/// then fails the batches still waiting.
+///
+/// How it ended decides what they are told. The leader ends a stream
+/// normally only when it shuts down, and then only after it has answered
+/// every batch it read, so a batch still waiting was never read: not
+/// applied. A stream that breaks (a failed connection, an error) leaves
+/// the outcome of what was on it open.
 async fn hand_out_replies(
     mut replies: tonic::Streaming<RaftMessage>,
     waiting: Arc<Waiting>,
     ended: Arc<AtomicBool>,
+    (leader, addr): (u64, String),
 ) {
-    let why = loop {
+    let failure = loop {
         let message = match replies.message().await {
             Ok(Some(message)) => message,
-            Ok(None) => break "the leader ended the stream".to_string(),
-            Err(status) => break format!("the stream to the leader failed: {}", status.message()),
+            Ok(None) => {
+                break NodeError::Unreachable {
+                    node: leader,
+                    addr,
+                    reason: "the leader stopped taking batches before it read this one".into(),
+                };
+            }
+            Err(status) => {
+                let why = format!("the stream to the leader failed: {}", status.message());
+                break unknown_outcome(&why);
+            }
         };
         let envelope: Envelope<ForwardReply> = match decode(&message.data) {
             Ok(envelope) => envelope,
-            Err(e) => break format!("undecodable forward reply: {e}"),
+            Err(e) => break unknown_outcome(&format!("undecodable forward reply: {e}")),
         };
         // Gone when its caller gave up waiting.
         if let Some(reply) = lock(&waiting).remove(&envelope.id) {
@@ -206,7 +273,7 @@ async fn hand_out_replies(
     };
     ended.store(true, Ordering::Release);
     for (_, reply) in lock(&waiting).drain() {
-        let _ = reply.send(Err(unknown_outcome(&why)));
+        let _ = reply.send(Err(failure.clone()));
     }
 }
 
@@ -219,7 +286,7 @@ fn unknown_outcome(why: &str) -> NodeError {
 
 fn lock(
     waiting: &Waiting,
-) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<ForwardReply, NodeError>>>> {
+) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<ForwardReply, NodeError>>>> {
     waiting
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -177,21 +177,23 @@ impl RaftRpc for RaftService {
                         break;
                     }
                 };
-                let envelope: Envelope<ForwardBatch> = match decode_message(&message) {
-                    Ok(envelope) => envelope,
-                    Err(status) => {
-                        let _ = replies.send(Err(status)).await;
-                        break;
-                    }
+                // The id first (an `Envelope` is its id, then its body): a
+                // batch that does not decode is answered with no results
+                // (the follower reports them missing) instead of ending
+                // the stream under the batches in flight.
+                let Ok((id, body)) = postcard::take_from_bytes::<u64>(&message.data) else {
+                    let status = Status::invalid_argument("a forwarded batch without an id");
+                    let _ = replies.send(Err(status)).await;
+                    break;
                 };
+                let batch: Option<ForwardBatch> = decode(body).ok();
                 let (core, replies) = (core.clone(), replies.clone());
                 tokio::spawn(async move {
-                    let body = propose_forwarded(&core, envelope.body).await;
-                    let reply = Envelope {
-                        id: envelope.id,
-                        body,
+                    let body = match batch {
+                        Some(batch) => propose_forwarded(&core, batch).await,
+                        None => ForwardReply { results: vec![] },
                     };
-                    let _ = replies.send(encode_message(&reply)).await;
+                    let _ = replies.send(encode_message(&Envelope { id, body })).await;
                 });
             }
         });

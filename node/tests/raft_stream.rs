@@ -110,6 +110,9 @@ enum Peer {
     /// Takes one forwarded batch on its first stream and then breaks that
     /// stream; answers on later streams.
     BreaksFirstForwardStream,
+    /// Ends each forward stream without reading from it, as a leader that
+    /// shuts down does.
+    EndsForwardStreams,
 }
 
 /// A peer written for these tests, counting what it is sent.
@@ -248,6 +251,12 @@ impl RaftRpc for TestPeer {
         let (replies, out) = tokio::sync::mpsc::channel(8);
         match self.kind {
             Peer::EarlierRelease => return Err(Status::unimplemented("unknown method")),
+            Peer::EndsForwardStreams => {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    drop((requests, replies));
+                });
+            }
             Peer::BreaksFirstForwardStream if opened == 0 => {
                 tokio::spawn(async move {
                     let _ = requests.message().await;
@@ -409,10 +418,12 @@ async fn a_broken_forward_stream_leaves_the_outcome_open_and_is_replaced() {
     let (addr, stop) = serve(peer.clone()).await;
     let forwarder = Forwarder::new(Arc::new(Peers::new(None)));
     // The batch reached the leader, whose answer was lost: the client must
-    // not take it for a write that was never made.
+    // not take it for a write that was never made. It is told as soon as
+    // the stream breaks, not when the batch's time runs out.
     match forwarder.forward(2, &addr.addr, &commands(1)).await {
         Forwarded::Done(Err(NodeError::Timeout(why))) => {
             assert!(why.contains("may have been applied"), "{why}");
+            assert!(why.contains("stream to the leader failed"), "{why}");
         }
         other => panic!("a lost answer: {:?}", answered(other)),
     }
@@ -436,4 +447,105 @@ async fn a_leader_without_the_forward_stream_is_sent_calls() {
     // Asked once; the proposer then makes calls (`Forward`).
     assert_eq!(peer.streams.load(Ordering::SeqCst), 1);
     stop.cancel();
+}
+
+/// Whether a forward failed as surely not sent (the client may retry).
+fn not_sent(forwarded: Forwarded) -> Result<(), Vec<String>> {
+    match forwarded {
+        Forwarded::Done(Err(NodeError::Unreachable { .. })) => Ok(()),
+        other => Err(answered(other)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_leader_never_read_is_reported_not_sent() {
+    // Nothing listens at this address: the stream never opens.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nobody = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let forwarder = Forwarder::new(Arc::new(Peers::new(None)));
+    not_sent(forwarder.forward(2, &nobody, &commands(1)).await).unwrap();
+
+    // A leader that shuts down ends its streams after answering what it
+    // read; what it did not read was not applied.
+    let peer = test_peer(Peer::EndsForwardStreams);
+    let (addr, stop) = serve(peer.clone()).await;
+    for round in 0..3 {
+        let reply = forwarder.forward(3, &addr.addr, &commands(1)).await;
+        not_sent(reply).unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_gets_its_own_stream_and_a_silent_one_holds_up_nobody() {
+    let (first, second) = (test_peer(Peer::Echo), test_peer(Peer::Echo));
+    let (first_addr, stop_first) = serve(first.clone()).await;
+    let (second_addr, stop_second) = serve(second.clone()).await;
+    // A leader that takes connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let forwarder = Arc::new(Forwarder::new(Arc::new(Peers::new(None))));
+    let one = commands(1);
+
+    let (a, b) = tokio::join!(
+        forwarder.forward(2, &first_addr.addr, &one),
+        forwarder.forward(2, &first_addr.addr, &one),
+    );
+    assert_eq!(
+        (answered(a), answered(b)),
+        (
+            vec!["a batch of 1".to_string()],
+            vec!["a batch of 1".to_string()]
+        )
+    );
+    // Leadership moves: the next batches go to the new leader, on a stream
+    // of their own.
+    let (a, b) = tokio::join!(
+        forwarder.forward(3, &second_addr.addr, &one),
+        forwarder.forward(3, &second_addr.addr, &one),
+    );
+    assert_eq!(
+        (answered(a), answered(b)),
+        (
+            vec!["a batch of 1".to_string()],
+            vec!["a batch of 1".to_string()]
+        )
+    );
+    assert_eq!(first.streams.load(Ordering::SeqCst), 1);
+    assert_eq!(second.streams.load(Ordering::SeqCst), 1);
+
+    // A stream opening to a leader that does not answer holds up only the
+    // batches for that leader.
+    let stuck = {
+        let forwarder = forwarder.clone();
+        tokio::spawn(async move { forwarder.forward(4, &silent_addr, &commands(1)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (a, b) = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(
+            forwarder.forward(3, &second_addr.addr, &one),
+            forwarder.forward(3, &second_addr.addr, &one),
+        )
+    })
+    .await
+    .expect("batches for a leader that answers waited for one that does not");
+    assert_eq!(
+        (answered(a), answered(b)),
+        (
+            vec!["a batch of 1".to_string()],
+            vec!["a batch of 1".to_string()]
+        )
+    );
+    assert!(!stuck.is_finished(), "the silent leader answered");
+    stuck.abort();
+    held.abort();
+    stop_first.cancel();
+    stop_second.cancel();
 }
