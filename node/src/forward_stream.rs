@@ -137,10 +137,10 @@ impl Forwarder {
         };
         let (reply, answer) = oneshot::channel();
         lock(&link.waiting).insert(id, reply);
-        // The reply task marks the stream ended before it fails what is
-        // waiting, under the same lock as the insert above: either it sees
-        // this batch, or this load sees the mark. A batch registered after
-        // the drain would otherwise wait in vain.
+        // The reply task marks the stream ended and then takes the lock
+        // this insert took to fail what is waiting: either it sees this
+        // batch, or this load sees the mark. A batch registered after the
+        // drain would otherwise wait in vain.
         if link.ended.load(Ordering::Acquire) {
             lock(&link.waiting).remove(&id);
             return not_sent("the stream to the leader ended");
@@ -237,10 +237,12 @@ impl Forwarder {
 /// then fails the batches still waiting.
 ///
 /// How it ended decides what they are told. The leader ends a stream
-/// normally only when it shuts down, and then only after it has answered
-/// every batch it read, so a batch still waiting was never read: not
-/// applied. A stream that breaks (a failed connection, an error) leaves
-/// the outcome of what was on it open.
+/// normally only when it shuts down (or this side closed, and then no
+/// batch waits), and then only after it has answered every batch it read,
+/// so a batch still waiting was never read: not applied. A stream that
+/// breaks (a failed connection, an error, a response without a status,
+/// which tonic 0.14.6 and later report as an error) leaves the outcome of
+/// what was on it open.
 async fn hand_out_replies(
     mut replies: tonic::Streaming<RaftMessage>,
     waiting: Arc<Waiting>,

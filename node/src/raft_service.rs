@@ -83,6 +83,30 @@ async fn propose_forwarded(core: &Core, batch: ForwardBatch<'_>) -> ForwardReply
     }
 }
 
+/// A `ForwardStream` batch's way to its reply. The follower takes a stream
+/// that ends normally to mean that every batch it has not had a reply for
+/// was never read; a batch task that ends without answering (a panic)
+/// must therefore end the stream with an error instead.
+struct Unanswered(Option<mpsc::Sender<Result<RaftMessage, Status>>>);
+
+impl Unanswered {
+    async fn answer(mut self, reply: Result<RaftMessage, Status>) {
+        if let Some(replies) = self.0.take() {
+            let _ = replies.send(reply).await;
+        }
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(replies) = self.0.take() {
+            let _ = replies.try_send(Err(Status::internal(
+                "a forwarded batch was read and not answered",
+            )));
+        }
+    }
+}
+
 /// How many replies of a `ForwardStream` may wait to be sent. A follower
 /// has at most 16 batches in flight.
 const FORWARD_STREAM_QUEUE: usize = 32;
@@ -187,13 +211,13 @@ impl RaftRpc for RaftService {
                     break;
                 };
                 let batch: Option<ForwardBatch> = decode(body).ok();
-                let (core, replies) = (core.clone(), replies.clone());
+                let (core, replies) = (core.clone(), Unanswered(Some(replies.clone())));
                 tokio::spawn(async move {
                     let body = match batch {
                         Some(batch) => propose_forwarded(&core, batch).await,
                         None => ForwardReply { results: vec![] },
                     };
-                    let _ = replies.send(encode_message(&Envelope { id, body })).await;
+                    replies.answer(encode_message(&Envelope { id, body })).await;
                 });
             }
         });
