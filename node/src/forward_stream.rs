@@ -113,10 +113,7 @@ impl Forwarder {
     /// reply, all within `FORWARD_TIMEOUT`.
     pub async fn forward(&self, leader: u64, addr: &str, commands: &[Command]) -> Forwarded {
         let deadline = Instant::now() + FORWARD_TIMEOUT;
-        let not_sent = |why: &str| {
-            let status = tonic::Status::unavailable(why.to_string());
-            Forwarded::Done(Err(peer_error(leader, addr, status)))
-        };
+        let not_sent = |why: &str| Forwarded::Done(Err(not_read(leader, addr, why)));
         let link = match tokio::time::timeout_at(deadline, self.link(leader, addr)).await {
             Ok(Ok(link)) => link,
             Ok(Err(e)) => return Forwarded::Done(Err(e)),
@@ -222,10 +219,7 @@ impl Forwarder {
                 return Ok(link);
             }
             Ok(Err(status)) => return Err(peer_error(leader, addr, status)),
-            Err(_) => {
-                let e = tonic::Status::unavailable("opening the stream took too long");
-                return Err(peer_error(leader, addr, e));
-            }
+            Err(_) => return Err(not_read(leader, addr, "opening the stream took too long")),
         };
         let leader = (leader, addr.to_string());
         tokio::spawn(hand_out_replies(replies, waiting, ended, leader));
@@ -253,11 +247,8 @@ async fn hand_out_replies(
         let message = match replies.message().await {
             Ok(Some(message)) => message,
             Ok(None) => {
-                break NodeError::Unreachable {
-                    node: leader,
-                    addr,
-                    reason: "the leader stopped taking batches before it read this one".into(),
-                };
+                let why = "the leader stopped taking batches before it read this one";
+                break not_read(leader, &addr, why);
             }
             Err(status) => {
                 let why = format!("the stream to the leader failed: {}", status.message());
@@ -276,6 +267,16 @@ async fn hand_out_replies(
     ended.store(true, Ordering::Release);
     for (_, reply) in lock(&waiting).drain() {
         let _ = reply.send(Err(failure.clone()));
+    }
+}
+
+/// A batch the leader surely did not read: not applied, and the client may
+/// send it again anywhere.
+fn not_read(leader: u64, addr: &str, why: &str) -> NodeError {
+    NodeError::Unreachable {
+        node: leader,
+        addr: addr.to_string(),
+        reason: why.to_string(),
     }
 }
 

@@ -247,9 +247,9 @@ impl Connection {
             .try_send(first)
             .expect("a new channel has room for one");
         let request = self.request(ReceiverStream::new(receiver));
-        let client = self
-            .client::<openraft::error::Infallible>()
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let client = self.client.as_mut().ok_or_else(|| {
+            tonic::Status::unavailable(format!("bad address {:?}", self.node.addr))
+        })?;
         let replies = client.append_entries_stream(request).await?.into_inner();
         Ok(AppendStream { requests, replies })
     }

@@ -152,6 +152,7 @@ impl RaftRpc for RaftService {
         });
         Ok(Response::new(Box::pin(replies)))
     }
+
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_target(&request)?;
         let rpc = decode_request(request)?;

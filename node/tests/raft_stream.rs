@@ -392,7 +392,7 @@ async fn a_late_reply_is_never_taken_for_a_later_request() {
 async fn forwarded_batches_answered_out_of_order_each_get_their_own_reply() {
     let peer = test_peer(Peer::Echo);
     let (addr, stop) = serve(peer.clone()).await;
-    let forwarder = Forwarder::new(Arc::new(Peers::new(None)));
+    let forwarder = forwarder();
     let (one, two) = (commands(1), commands(2));
     for round in 0..3 {
         // The peer answers each pair second first.
@@ -416,7 +416,7 @@ async fn forwarded_batches_answered_out_of_order_each_get_their_own_reply() {
 async fn a_broken_forward_stream_leaves_the_outcome_open_and_is_replaced() {
     let peer = test_peer(Peer::BreaksFirstForwardStream);
     let (addr, stop) = serve(peer.clone()).await;
-    let forwarder = Forwarder::new(Arc::new(Peers::new(None)));
+    let forwarder = forwarder();
     // The batch reached the leader, whose answer was lost: the client must
     // not take it for a write that was never made. It is told as soon as
     // the stream breaks, not when the batch's time runs out.
@@ -439,7 +439,7 @@ async fn a_broken_forward_stream_leaves_the_outcome_open_and_is_replaced() {
 async fn a_leader_without_the_forward_stream_is_sent_calls() {
     let peer = test_peer(Peer::EarlierRelease);
     let (addr, stop) = serve(peer.clone()).await;
-    let forwarder = Forwarder::new(Arc::new(Peers::new(None)));
+    let forwarder = forwarder();
     for _ in 0..3 {
         let reply = forwarder.forward(2, &addr.addr, &commands(1)).await;
         assert_eq!(answered(reply), ["unsupported"]);
@@ -447,6 +447,11 @@ async fn a_leader_without_the_forward_stream_is_sent_calls() {
     // Asked once; the proposer then makes calls (`Forward`).
     assert_eq!(peer.streams.load(Ordering::SeqCst), 1);
     stop.cancel();
+}
+
+/// A forwarder of this node's own, over channels of its own.
+fn forwarder() -> Forwarder {
+    Forwarder::new(Arc::new(Peers::new(None)))
 }
 
 /// Whether a forward failed as surely not sent (the client may retry).
@@ -463,7 +468,7 @@ async fn a_batch_the_leader_never_read_is_reported_not_sent() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let nobody = closed.local_addr().unwrap().to_string();
     drop(closed);
-    let forwarder = Forwarder::new(Arc::new(Peers::new(None)));
+    let forwarder = forwarder();
     not_sent(forwarder.forward(2, &nobody, &commands(1)).await).unwrap();
 
     // A leader that shuts down ends its streams after answering what it
@@ -491,7 +496,7 @@ async fn a_new_leader_gets_its_own_stream_and_a_silent_one_holds_up_nobody() {
             open.push(socket);
         }
     });
-    let forwarder = Arc::new(Forwarder::new(Arc::new(Peers::new(None))));
+    let forwarder = Arc::new(forwarder());
     let one = commands(1);
 
     let (a, b) = tokio::join!(
@@ -499,11 +504,8 @@ async fn a_new_leader_gets_its_own_stream_and_a_silent_one_holds_up_nobody() {
         forwarder.forward(2, &first_addr.addr, &one),
     );
     assert_eq!(
-        (answered(a), answered(b)),
-        (
-            vec!["a batch of 1".to_string()],
-            vec!["a batch of 1".to_string()]
-        )
+        [answered(a), answered(b)],
+        [["a batch of 1"], ["a batch of 1"]]
     );
     // Leadership moves: the next batches go to the new leader, on a stream
     // of their own.
@@ -512,11 +514,8 @@ async fn a_new_leader_gets_its_own_stream_and_a_silent_one_holds_up_nobody() {
         forwarder.forward(3, &second_addr.addr, &one),
     );
     assert_eq!(
-        (answered(a), answered(b)),
-        (
-            vec!["a batch of 1".to_string()],
-            vec!["a batch of 1".to_string()]
-        )
+        [answered(a), answered(b)],
+        [["a batch of 1"], ["a batch of 1"]]
     );
     assert_eq!(first.streams.load(Ordering::SeqCst), 1);
     assert_eq!(second.streams.load(Ordering::SeqCst), 1);
@@ -537,11 +536,8 @@ async fn a_new_leader_gets_its_own_stream_and_a_silent_one_holds_up_nobody() {
     .await
     .expect("batches for a leader that answers waited for one that does not");
     assert_eq!(
-        (answered(a), answered(b)),
-        (
-            vec!["a batch of 1".to_string()],
-            vec!["a batch of 1".to_string()]
-        )
+        [answered(a), answered(b)],
+        [["a batch of 1"], ["a batch of 1"]]
     );
     assert!(!stuck.is_finished(), "the silent leader answered");
     stuck.abort();
