@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::commit_deferral::{self, Ack, Deferral};
 use crate::connections::connect_internal;
 
 /// openraft's error for a failed message to a peer.
@@ -82,6 +83,9 @@ pub struct Connection {
     /// would cost more than it saves. A replication's connection streams
     /// from its second message on.
     used: bool,
+    /// The commit-only requests a replication's connection answers itself
+    /// and keeps back (see `commit_deferral`).
+    deferral: Deferral,
 }
 
 /// The two halves of an open `AppendEntriesStream`.
@@ -126,6 +130,49 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             stream: None,
             unary_only: false,
             used: false,
+            deferral: Deferral::default(),
+        }
+    }
+}
+
+/// A request to node `target`, marked with its id.
+fn addressed<T>(target: NodeId, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    // Raft messages do not name their recipient. A node whose data dir was
+    // wiped comes back with a new id, possibly at the old address; it must
+    // refuse traffic meant for the old id instead of answering it with an
+    // empty log.
+    request.metadata_mut().insert(
+        TARGET_NODE_HEADER,
+        tonic::metadata::MetadataValue::from(target),
+    );
+    request
+}
+
+/// Sends a request that `commit_deferral` kept back, as a call: its
+/// answer, or `None` if there was none.
+async fn send_kept_back(
+    mut client: RaftClient<Channel>,
+    target: NodeId,
+    rpc: AppendEntriesRequest<TypeConfig>,
+    ttl: Duration,
+) -> Option<AppendEntriesResponse<NodeId>> {
+    let mut message = addressed(
+        target,
+        RaftMessage {
+            data: encode(&rpc).ok()?,
+        },
+    );
+    message.set_timeout(ttl);
+    match client.append_entries(message).await {
+        Ok(reply) => {
+            let result: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                decode(&reply.into_inner().data).ok()?;
+            result.ok()
+        }
+        Err(status) => {
+            tracing::debug!(peer = target, %status, "a commit kept back did not reach the peer");
+            None
         }
     }
 }
@@ -163,16 +210,7 @@ impl Connection {
 
     /// A request to this peer, marked with its node id.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        // Raft messages do not name their recipient. A node whose data dir
-        // was wiped comes back with a new id, possibly at the old address;
-        // it must refuse traffic meant for the old id instead of answering
-        // it with an empty log.
-        request.metadata_mut().insert(
-            TARGET_NODE_HEADER,
-            tonic::metadata::MetadataValue::from(self.target),
-        );
-        request
+        addressed(self.target, message)
     }
 
     /// Decodes a peer's reply into openraft's result.
@@ -254,6 +292,23 @@ impl Connection {
         Ok(AppendStream { requests, replies })
     }
 
+    /// Sends an AppendEntries: on the stream if `stream` and the peer
+    /// serves it, else as a call.
+    async fn send_append_entries(
+        &mut self,
+        stream: bool,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        if stream && !self.unary_only {
+            let data = encode(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            if let Some(result) = self.stream_call(data, ttl).await {
+                return result;
+            }
+        }
+        self.call(Rpc::AppendEntries, rpc, ttl).await
+    }
+
     async fn call<Req, Resp, E>(
         &mut self,
         rpc: Rpc,
@@ -286,15 +341,32 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
         rpc.leader_commit = self.sync.commit_to_send(rpc.leader_commit);
-        let stream = self.used && !self.unary_only;
+        let ttl = option.hard_ttl();
+        // Only a replication's connection answers requests itself: a
+        // one-message connection is the heartbeat round of a linearizable
+        // read, whose answers must be the followers' own.
+        let replicating = self.used;
         self.used = true;
-        if stream {
-            let data = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-            if let Some(result) = self.stream_call(data, option.hard_ttl()).await {
-                return result;
+        if replicating && let Some(client) = &self.client {
+            let (client, target) = (client.clone(), self.target);
+            let kept = self.deferral.offer(rpc, ttl, move |shared| {
+                commit_deferral::run(shared, move |rpc, ttl| {
+                    send_kept_back(client.clone(), target, rpc, ttl)
+                })
+            });
+            match kept {
+                Some(to_send) => rpc = to_send,
+                None => return Ok(AppendEntriesResponse::Success),
             }
         }
-        self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
+        let ack = Ack::of(&rpc, tokio::time::Instant::now());
+        let result = self.send_append_entries(replicating, &rpc, ttl).await;
+        if let Ok(response) = &result
+            && let Some(ack) = ack.confirmed(response)
+        {
+            self.deferral.shared.with(|told| told.acked(ack));
+        }
+        result
     }
 
     async fn install_snapshot(

@@ -57,15 +57,17 @@ struct Cluster {
 }
 
 async fn three_nodes() -> Cluster {
+    three_nodes_with(|c| c).await
+}
+
+/// Three nodes of the test configuration changed by `change`.
+async fn three_nodes_with(change: fn(Config) -> Config) -> Cluster {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let first = Node::start(config(dirs[0].path(), vec![])).await.unwrap();
+    let config = |i: usize, join| change(config(dirs[i].path(), join));
+    let first = Node::start(config(0, vec![])).await.unwrap();
     let seed = first.local_addr.to_string();
-    let second = Node::start(config(dirs[1].path(), vec![seed.clone()]))
-        .await
-        .unwrap();
-    let third = Node::start(config(dirs[2].path(), vec![seed]))
-        .await
-        .unwrap();
+    let second = Node::start(config(1, vec![seed.clone()])).await.unwrap();
+    let third = Node::start(config(2, vec![seed])).await.unwrap();
     let cluster = Cluster {
         _dirs: dirs,
         nodes: vec![Some(first), Some(second), Some(third)],
@@ -299,5 +301,54 @@ async fn a_leader_shutting_down_hands_leadership_over() {
         .collect();
     assert_eq!(leaders.len(), 1, "no new leader at once: {leaders:?}");
     assert_ne!(leaders[0], old_id);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_learn_of_the_last_commit_without_a_heartbeat() {
+    // Heartbeats far apart: within the test's wait, followers can learn of
+    // a commit only from the message the leader sends for it, which it
+    // keeps back for a few milliseconds in case entries carry it
+    // (`commit_deferral`).
+    let cluster = three_nodes_with(|mut c| {
+        c.raft.heartbeat_interval = Duration::from_secs(30);
+        c.raft.election_timeout_min = Duration::from_secs(60);
+        c.raft.election_timeout_max = Duration::from_secs(90);
+        c
+    })
+    .await;
+    let leader = cluster.leader_index().expect("a leader");
+    let mut lc = client(cluster.node(leader).local_addr).await;
+    let (client_id, _hb, _responses) = open_session(&mut lc, 10_000).await;
+    for i in 0..3 {
+        let index = lc
+            .register(pb::RegisterRequest {
+                origin: Some(pb::WriteOrigin {
+                    client_id: client_id.clone(),
+                    seq: i + 1,
+                    ack_below: i + 1,
+                }),
+                member: Some(member(&format!("m-{i}"))),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .index;
+        // Well within the heartbeat interval.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for node in cluster.nodes.iter().flatten() {
+            let mut metrics = node.core.raft.metrics();
+            let applied = tokio::time::timeout_at(
+                deadline,
+                metrics.wait_for(|m| m.last_applied.is_some_and(|a| a.index >= index)),
+            )
+            .await;
+            assert!(
+                matches!(applied, Ok(Ok(_))),
+                "node {} did not apply write {i} (index {index})",
+                node.core.id
+            );
+        }
+    }
     cluster.shutdown().await;
 }

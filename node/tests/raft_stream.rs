@@ -5,8 +5,10 @@
 //! promises: a stream is refused when it is meant for another node id, a
 //! stream that timed out is replaced rather than read for a late reply,
 //! replies out of order reach the batch they answer, a stream that breaks
-//! tells its waiting batches that they may have been applied, and a peer of
-//! an earlier release (no stream) gets plain calls.
+//! tells its waiting batches that they may have been applied, a peer of
+//! an earlier release (no stream) gets plain calls, and a commit the leader
+//! answers itself (`fuddle_node::commit_deferral`) still reaches the
+//! follower while probes and a read's round are always sent.
 //!
 //! The peers here are a real node, and, where a peer must misbehave or be of
 //! an earlier release, a small server written in the test: no build of an
@@ -15,8 +17,8 @@
 mod common;
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuddle_node::connections::route;
@@ -29,10 +31,10 @@ use fuddle_proto::raft::RaftMessage;
 use fuddle_proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
 use fuddle_storage::codec::{decode, encode};
 use fuddle_storage::{Command, NodeAddr, NodeId, TypeConfig};
-use openraft::Vote;
 use openraft::error::{RPCError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -113,6 +115,10 @@ enum Peer {
     /// Ends each forward stream without reading from it, as a leader that
     /// shuts down does.
     EndsForwardStreams,
+    /// Takes AppendEntries as a follower would: a success for a request
+    /// that follows the entries it holds, a conflict for one that does not.
+    /// Keeps every AppendEntries it is sent.
+    Follower,
 }
 
 /// A peer written for these tests, counting what it is sent.
@@ -124,6 +130,32 @@ struct TestPeer {
     streams: Arc<AtomicUsize>,
     /// AppendEntries sent as calls.
     calls: Arc<AtomicUsize>,
+    /// The AppendEntries a `Follower` was sent, in order.
+    received: Arc<Mutex<Vec<AppendEntriesRequest<TypeConfig>>>>,
+}
+
+impl TestPeer {
+    /// Answers an AppendEntries as this peer does.
+    async fn answer(&self, message: Result<RaftMessage, Status>) -> Result<RaftMessage, Status> {
+        if self.kind != Peer::Follower {
+            return echo(message).await;
+        }
+        let request: AppendEntriesRequest<TypeConfig> = decode(&message?.data).unwrap();
+        let mut received = self.received.lock().unwrap();
+        let holds = received
+            .iter()
+            .flat_map(|r| r.entries.last().map(|e| e.log_id.index))
+            .max();
+        let reply: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            Ok(match request.prev_log_id {
+                Some(prev) if Some(prev.index) > holds => AppendEntriesResponse::Conflict,
+                _ => AppendEntriesResponse::Success,
+            });
+        received.push(request);
+        Ok(RaftMessage {
+            data: encode(&reply).unwrap(),
+        })
+    }
 }
 
 /// Terms whose requests the `Echo` peer answers late.
@@ -205,7 +237,9 @@ impl RaftRpc for TestPeer {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        echo(Ok(request.into_inner())).await.map(Response::new)
+        self.answer(Ok(request.into_inner()))
+            .await
+            .map(Response::new)
     }
 
     async fn append_entries_stream(
@@ -216,7 +250,11 @@ impl RaftRpc for TestPeer {
         if self.kind == Peer::EarlierRelease {
             return Err(Status::unimplemented("unknown method"));
         }
-        let replies = request.into_inner().then(echo);
+        let peer = self.clone();
+        let replies = request.into_inner().then(move |message| {
+            let peer = peer.clone();
+            async move { peer.answer(message).await }
+        });
         Ok(Response::new(Box::pin(replies)))
     }
 
@@ -337,6 +375,7 @@ fn test_peer(kind: Peer) -> TestPeer {
         kind,
         streams: Arc::default(),
         calls: Arc::default(),
+        received: Arc::default(),
     }
 }
 
@@ -544,4 +583,89 @@ async fn a_new_leader_gets_its_own_stream_and_a_silent_one_holds_up_nobody() {
     held.abort();
     stop_first.cancel();
     stop_second.cancel();
+}
+
+/// An AppendEntries of leader 7 in term 1 after entry `prev`, with the
+/// entries up to `last` and commit `commit` (0: none).
+fn append(prev: u64, last: u64, commit: u64) -> AppendEntriesRequest<TypeConfig> {
+    let id = |index| LogId::new(CommittedLeaderId::new(1, 7), index);
+    AppendEntriesRequest {
+        vote: Vote::new_committed(1, 7),
+        prev_log_id: (prev > 0).then(|| id(prev)),
+        entries: (prev + 1..=last)
+            .map(|index| Entry {
+                log_id: id(index),
+                payload: EntryPayload::Blank,
+            })
+            .collect(),
+        leader_commit: (commit > 0).then(|| id(commit)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_answered_by_the_leader_still_reaches_the_follower_and_probes_are_sent() {
+    let peer = test_peer(Peer::Follower);
+    let (addr, stop) = serve(peer.clone()).await;
+    let mut connection = Network::default().new_client(2, &addr).await;
+    let ttl = RPCOption::new(Duration::from_secs(10));
+    let sent = |commit: u64| {
+        peer.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.entries.is_empty() && r.leader_commit.map(|c| c.index) == Some(commit))
+            .count()
+    };
+
+    // Entries 1 to 3, then 4, which the follower takes.
+    for (prev, last) in [(0, 3), (3, 4)] {
+        let reply = connection
+            .append_entries(append(prev, last, 2), ttl.clone())
+            .await;
+        assert!(
+            matches!(reply, Ok(AppendEntriesResponse::Success)),
+            "{reply:?}"
+        );
+    }
+    // The commit of entry 4 comes right after: the leader answers it and
+    // keeps it back, and sends it when no entries carried it.
+    let reply = connection
+        .append_entries(append(4, 4, 4), ttl.clone())
+        .await;
+    assert!(
+        matches!(reply, Ok(AppendEntriesResponse::Success)),
+        "{reply:?}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sent(4) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "commit 4 never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // It went as a call of its own, not on the replication's stream: it was
+    // kept back, not sent with the reply awaited. (The first message of a
+    // connection is a call too.)
+    assert_eq!(peer.calls.load(Ordering::SeqCst), 2);
+    // A probe for where the follower's log matches is always sent, and its
+    // answer is the follower's.
+    let reply = connection
+        .append_entries(append(9, 9, 4), ttl.clone())
+        .await;
+    assert!(
+        matches!(reply, Ok(AppendEntriesResponse::Conflict)),
+        "{reply:?}"
+    );
+    // So is the heartbeat round of a linearizable read, on a connection of
+    // its own: a commit on it is sent at once, not kept back.
+    let mut read_round = Network::default().new_client(2, &addr).await;
+    let reply = read_round.append_entries(append(4, 4, 5), ttl).await;
+    assert!(
+        matches!(reply, Ok(AppendEntriesResponse::Success)),
+        "{reply:?}"
+    );
+    assert_eq!(sent(5), 1);
+    assert_eq!(peer.calls.load(Ordering::SeqCst), 3);
+    stop.cancel();
 }

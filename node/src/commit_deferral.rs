@@ -1,0 +1,501 @@
+//! A leader's empty AppendEntries to a follower that just answered: kept
+//! back when the next write's entries will carry them anyway.
+//!
+//! openraft 0.9 tells followers of every commit with an AppendEntries of
+//! its own, without entries, right after the commit. With one writer that
+//! is a second request per write and follower, which the follower must
+//! take, handle and answer, and which holds that follower's replication
+//! (one request at a time) when the next write's entries are ready. The
+//! next write's entries carry the commit anyway. So when a follower has
+//! just answered this leader, such a request is answered here, for the
+//! follower, and kept back for [`DEFER`]: if entries go to the follower in
+//! that time they carry the commit and the request is dropped; if not, it
+//! is sent then, so an idle follower learns of a commit at most that much
+//! later. A regular heartbeat with nothing new for a follower that
+//! answered within [`FRESH`] is answered here too.
+//!
+//! What an answer given here claims is only what the follower already
+//! answered:
+//! - It is given only for a request with no entries whose `prev_log_id` is
+//!   the log id this follower confirmed last, under the same vote. A probe
+//!   for where the follower's log matches (whose answer decides what is
+//!   replicated and committed) never has that, and is always sent.
+//! - openraft takes any answer as the follower's word that this leader is
+//!   still its leader, at the time the request was made (its leader clock,
+//!   which extends its lease against vote requests). The follower said so
+//!   at most [`FRESH`] earlier, which is what this can overstate that
+//!   clock by; Raft's safety does not rest on it, and linearizable reads
+//!   do not use it (openraft sends them a round of their own, on a
+//!   connection of its own, which never defers: see `network.rs`).
+//!
+//! Measured (`docs/benchmarks.md`, "What each change bought"): one writer
+//! on three nodes, a request fewer per write on each follower.
+//!
+//! [`Told`] is the decision, pure and unit-tested; [`Deferral`] holds it
+//! for one connection and owns the task that sends what is due.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use fuddle_storage::{NodeId, TypeConfig};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+use openraft::{LogId, Vote};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How long a commit-only request is kept back for entries to carry it.
+/// Long enough that the next write of a single writer (about a
+/// millisecond apart here) comes first, short enough that a follower's
+/// subscribers see the last write of a burst soon after the leader's.
+pub const DEFER: Duration = Duration::from_millis(5);
+
+/// How recent the follower's last answer must be for a request to be
+/// answered here. Bounds how far openraft's leader clock can run ahead of
+/// what the follower said; far below the election timeout, so a follower
+/// never goes long without a request from a live leader.
+pub const FRESH: Duration = Duration::from_millis(50);
+
+/// What a follower answered last, under which vote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ack {
+    /// The leader's vote in the request.
+    pub vote: Vote<NodeId>,
+    /// The last log id the follower confirmed it holds.
+    pub matched: Option<LogId<NodeId>>,
+    /// The commit the request told it.
+    pub commit: Option<LogId<NodeId>>,
+    /// When the request was made.
+    pub sent_at: Instant,
+}
+
+impl Ack {
+    /// What a `Success` to `rpc`, made at `sent_at`, confirms.
+    pub fn of(rpc: &AppendEntriesRequest<TypeConfig>, sent_at: Instant) -> Ack {
+        Ack {
+            vote: rpc.vote,
+            matched: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
+            commit: rpc.leader_commit,
+            sent_at,
+        }
+    }
+
+    /// What `response` to the request this was made for confirms, if it is
+    /// a success.
+    pub fn confirmed(mut self, response: &AppendEntriesResponse<NodeId>) -> Option<Ack> {
+        match response {
+            AppendEntriesResponse::Success => Some(self),
+            AppendEntriesResponse::PartialSuccess(matched) => {
+                self.matched = *matched;
+                Some(self)
+            }
+            AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => None,
+        }
+    }
+}
+
+/// A commit-only request answered here and not yet sent.
+#[derive(Debug)]
+pub struct Pending {
+    /// The request, the latest of those kept back (each carries a commit at
+    /// least that of the one before).
+    pub request: AppendEntriesRequest<TypeConfig>,
+    /// The time the caller gave it.
+    pub ttl: Duration,
+    /// When it is sent unless entries carried its commit first: [`DEFER`]
+    /// after the first of those it stands for.
+    pub due: Instant,
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Offer {
+    /// Send it: its answer is the follower's to give.
+    Send(AppendEntriesRequest<TypeConfig>),
+    /// Answer `Success` here; nothing is left to send.
+    Answered,
+    /// Answer `Success` here; the request is kept back. `first`: nothing
+    /// was kept back before it (the sender may be asleep).
+    Deferred { first: bool },
+}
+
+/// What a connection's leader knows its follower has been told. Pure: the
+/// caller gives the time.
+#[derive(Debug, Default)]
+pub struct Told {
+    /// The follower's last success.
+    last: Option<Ack>,
+    /// A request kept back.
+    pending: Option<Pending>,
+    /// A request kept back failed to reach the follower, or was refused:
+    /// nothing is answered here until the follower answers again.
+    failed: bool,
+}
+
+impl Told {
+    /// Decides what to do with `rpc`, made at `now`.
+    pub fn offer(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+        now: Instant,
+    ) -> Offer {
+        let answerable = rpc.entries.is_empty()
+            && !self.failed
+            && self.last.as_ref().is_some_and(|last| {
+                last.vote == rpc.vote
+                    && last.matched == rpc.prev_log_id
+                    && now.saturating_duration_since(last.sent_at) <= FRESH
+            });
+        let told = self.last.as_ref().and_then(|last| last.commit);
+        if !answerable {
+            // What is sent carries the commit of anything kept back.
+            if self
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.request.leader_commit <= rpc.leader_commit)
+            {
+                self.pending = None;
+            }
+            return Offer::Send(rpc);
+        }
+        if rpc.leader_commit <= told {
+            return Offer::Answered;
+        }
+        match &mut self.pending {
+            Some(pending) => {
+                pending.request = rpc;
+                pending.ttl = ttl;
+                Offer::Deferred { first: false }
+            }
+            None => {
+                self.pending = Some(Pending {
+                    request: rpc,
+                    ttl,
+                    due: now + DEFER,
+                });
+                Offer::Deferred { first: true }
+            }
+        }
+    }
+
+    /// The follower answered a request with success.
+    pub fn acked(&mut self, ack: Ack) {
+        self.failed = false;
+        match &mut self.last {
+            // Under one vote the follower's log only grows and the commit
+            // only advances, so answers that cross merge.
+            Some(last) if last.vote == ack.vote => {
+                last.matched = last.matched.max(ack.matched);
+                last.commit = last.commit.max(ack.commit);
+                last.sent_at = last.sent_at.max(ack.sent_at);
+            }
+            _ => self.last = Some(ack),
+        }
+    }
+
+    /// A request kept back did not get a success.
+    pub fn failed(&mut self) {
+        self.failed = true;
+    }
+
+    /// When the request kept back is due, if one is.
+    pub fn due(&self) -> Option<Instant> {
+        self.pending.as_ref().map(|p| p.due)
+    }
+
+    /// The request kept back, if it is due at `now`.
+    pub fn take_due(&mut self, now: Instant) -> Option<Pending> {
+        match &self.pending {
+            Some(p) if p.due <= now => self.pending.take(),
+            _ => None,
+        }
+    }
+}
+
+/// [`Told`] shared between a connection and the task that sends what it
+/// kept back.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The decision's state.
+    told: Mutex<Told>,
+    /// Wakes the sender for a first request kept back, or to end.
+    wake: Notify,
+    /// The connection is gone: the sender ends.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// Runs `f` on the state. The lock is never held across an await.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Told) -> R) -> R {
+        f(&mut self.told.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// One connection's [`Told`] and its sender.
+#[derive(Debug, Default)]
+pub struct Deferral {
+    /// The state, shared with the sender.
+    pub shared: Arc<Shared>,
+    /// Whether the sender task runs; started at the first request kept
+    /// back, so connections that never defer have none.
+    started: bool,
+}
+
+impl Deferral {
+    /// Decides what to do with `rpc`; `send` starts the sender (given the
+    /// state) the first time something is kept back.
+    pub fn offer<F, Fut>(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+        send: F,
+    ) -> Option<AppendEntriesRequest<TypeConfig>>
+    where
+        F: FnOnce(Arc<Shared>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        match self.shared.with(|t| t.offer(rpc, ttl, Instant::now())) {
+            Offer::Send(rpc) => Some(rpc),
+            Offer::Answered | Offer::Deferred { first: false } => None,
+            Offer::Deferred { first: true } => {
+                if !self.started {
+                    self.started = true;
+                    tokio::spawn(send(self.shared.clone()));
+                }
+                self.shared.wake.notify_one();
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Deferral {
+    fn drop(&mut self) {
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+}
+
+/// The sender: sends each request kept back when it is due, with `call`,
+/// until the connection is gone. `call` gives the follower's answer, or
+/// `None` if there was none.
+pub async fn run<F, Fut>(shared: Arc<Shared>, mut call: F)
+where
+    F: FnMut(AppendEntriesRequest<TypeConfig>, Duration) -> Fut,
+    Fut: Future<Output = Option<AppendEntriesResponse<NodeId>>>,
+{
+    loop {
+        if shared.is_closed() {
+            return;
+        }
+        let Some(due) = shared.with(|t| t.due()) else {
+            // A permit left by a `notify_one` while this task was busy
+            // makes this return at once; the loop then looks again.
+            shared.wake.notified().await;
+            continue;
+        };
+        tokio::time::sleep_until(due).await;
+        let Some(pending) = shared.with(|t| t.take_due(Instant::now())) else {
+            // Entries carried it, or a later request replaced it.
+            continue;
+        };
+        if shared.is_closed() {
+            return;
+        }
+        let ack = Ack::of(&pending.request, Instant::now());
+        match call(pending.request, pending.ttl).await {
+            Some(response) => match ack.confirmed(&response) {
+                Some(ack) => shared.with(|t| t.acked(ack)),
+                None => shared.with(Told::failed),
+            },
+            None => shared.with(Told::failed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload};
+
+    use super::*;
+
+    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    /// An AppendEntries of leader 1 in term 2 after `prev`, with entries
+    /// up to `last` (none if `last == prev`) and `commit`.
+    fn request(prev: u64, last: u64, commit: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: Some(log_id(2, prev)),
+            entries: (prev + 1..=last)
+                .map(|i| Entry {
+                    log_id: log_id(2, i),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: Some(log_id(2, commit)),
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(1);
+
+    /// `told` after the follower took entries up to 5 with commit 4 at `t`.
+    fn answered_at(t: Instant) -> Told {
+        let mut told = Told::default();
+        assert!(matches!(
+            told.offer(request(4, 5, 4), TTL, t),
+            Offer::Send(_)
+        ));
+        told.acked(Ack::of(&request(4, 5, 4), t));
+        told
+    }
+
+    #[test]
+    fn a_commit_right_after_an_answer_is_kept_back_and_sent_when_due() {
+        let t = Instant::now();
+        let mut told = answered_at(t);
+        let at = t + Duration::from_millis(1);
+        assert!(matches!(
+            told.offer(request(5, 5, 5), TTL, at),
+            Offer::Deferred { first: true }
+        ));
+        assert_eq!(told.due(), Some(at + DEFER));
+        assert!(
+            told.take_due(at + DEFER - Duration::from_micros(1))
+                .is_none()
+        );
+        let pending = told.take_due(at + DEFER).unwrap();
+        assert_eq!(pending.request.leader_commit, Some(log_id(2, 5)));
+        assert_eq!(told.due(), None);
+    }
+
+    #[test]
+    fn entries_sent_in_time_carry_the_commit_kept_back() {
+        let t = Instant::now();
+        let mut told = answered_at(t);
+        told.offer(request(5, 5, 5), TTL, t);
+        // The next write's entries carry commit 5: nothing is left to send.
+        assert!(matches!(
+            told.offer(request(5, 6, 5), TTL, t),
+            Offer::Send(_)
+        ));
+        assert_eq!(told.due(), None);
+    }
+
+    #[test]
+    fn entries_with_an_older_commit_leave_the_one_kept_back() {
+        let t = Instant::now();
+        let mut told = answered_at(t);
+        told.offer(request(5, 5, 5), TTL, t);
+        assert!(matches!(
+            told.offer(request(5, 6, 4), TTL, t),
+            Offer::Send(_)
+        ));
+        assert_eq!(told.due(), Some(t + DEFER));
+    }
+
+    #[test]
+    fn a_later_commit_replaces_the_one_kept_back_and_keeps_its_time() {
+        let t = Instant::now();
+        let mut told = answered_at(t);
+        told.offer(request(5, 5, 5), TTL, t);
+        // The follower answered entries 6 (sent with commit 4, older than
+        // the one kept back), then commit 6 comes.
+        told.acked(Ack::of(&request(5, 6, 4), t + Duration::from_millis(1)));
+        let later = t + Duration::from_millis(2);
+        assert!(matches!(
+            told.offer(request(6, 6, 6), TTL, later),
+            Offer::Deferred { first: false }
+        ));
+        let pending = told.take_due(t + DEFER).unwrap();
+        assert_eq!(pending.request.leader_commit, Some(log_id(2, 6)));
+    }
+
+    #[test]
+    fn a_heartbeat_with_nothing_new_for_a_fresh_follower_is_answered_here() {
+        let t = Instant::now();
+        let mut told = answered_at(t);
+        assert!(matches!(
+            told.offer(request(5, 5, 4), TTL, t + FRESH),
+            Offer::Answered
+        ));
+        assert_eq!(told.due(), None);
+    }
+
+    #[test]
+    fn a_follower_that_has_not_answered_lately_is_sent_everything() {
+        let t = Instant::now();
+        let mut told = answered_at(t);
+        let late = t + FRESH + Duration::from_millis(1);
+        assert!(matches!(
+            told.offer(request(5, 5, 4), TTL, late),
+            Offer::Send(_)
+        ));
+        assert!(matches!(
+            told.offer(request(5, 5, 5), TTL, late),
+            Offer::Send(_)
+        ));
+    }
+
+    #[test]
+    fn a_probe_or_another_vote_is_always_sent() {
+        let t = Instant::now();
+        let mut told = answered_at(t);
+        // A prev_log_id the follower has not confirmed: a probe of where
+        // its log matches, whose answer only it can give.
+        for prev in [3, 6] {
+            assert!(matches!(
+                told.offer(request(prev, prev, 5), TTL, t),
+                Offer::Send(_)
+            ));
+        }
+        let mut other = request(5, 5, 5);
+        other.vote = Vote::new_committed(3, 1);
+        assert!(matches!(told.offer(other, TTL, t), Offer::Send(_)));
+        // A follower that never answered.
+        assert!(matches!(
+            Told::default().offer(request(5, 5, 5), TTL, t),
+            Offer::Send(_)
+        ));
+    }
+
+    #[test]
+    fn after_a_failed_send_nothing_is_answered_here_until_the_follower_answers() {
+        let t = Instant::now();
+        let mut told = answered_at(t);
+        told.offer(request(5, 5, 5), TTL, t);
+        let pending = told.take_due(t + DEFER).unwrap();
+        told.failed();
+        assert!(matches!(
+            told.offer(pending.request, TTL, t + DEFER),
+            Offer::Send(_)
+        ));
+        told.acked(Ack::of(&request(5, 5, 5), t + DEFER));
+        assert!(matches!(
+            told.offer(request(5, 5, 5), TTL, t + DEFER),
+            Offer::Answered
+        ));
+    }
+
+    #[test]
+    fn a_partial_success_confirms_only_what_the_follower_took() {
+        let t = Instant::now();
+        let ack = Ack::of(&request(4, 9, 4), t)
+            .confirmed(&AppendEntriesResponse::PartialSuccess(Some(log_id(2, 6))))
+            .unwrap();
+        assert_eq!(ack.matched, Some(log_id(2, 6)));
+        assert!(
+            Ack::of(&request(4, 9, 4), t)
+                .confirmed(&AppendEntriesResponse::Conflict)
+                .is_none()
+        );
+    }
+}
