@@ -7,12 +7,14 @@
 //! take, handle and answer, and which holds that follower's replication
 //! (one request at a time) when the next write's entries are ready. The
 //! next write's entries carry the commit anyway. So when a follower has
-//! just answered this leader, such a request is answered here, for the
-//! follower, and kept back for [`DEFER`]: if entries go to the follower in
-//! that time they carry the commit and the request is dropped; if not, it
-//! is sent then, so an idle follower learns of a commit at most that much
-//! later. A regular heartbeat with nothing new for a follower that
-//! answered within [`FRESH`] is answered here too.
+//! just answered this leader, and writes come less than [`DEFER`] apart,
+//! such a request is answered here, for the follower, and kept back for
+//! [`DEFER`]: if entries go to the follower in that time they carry the
+//! commit and the request is dropped; if not, it is sent then, so a
+//! follower learns of a commit at most that much later. Writes further
+//! apart gain nothing from it and their commits are sent at once. A
+//! regular heartbeat with nothing new for a follower that answered within
+//! [`FRESH`] is answered here too.
 //!
 //! What an answer given here claims is only what the follower already
 //! answered:
@@ -129,6 +131,14 @@ pub struct Told {
     /// A request kept back failed to reach the follower, or was refused:
     /// nothing is answered here until the follower answers again.
     failed: bool,
+    /// When the last request with entries was made.
+    entries_at: Option<Instant>,
+    /// The time between the last two requests with entries: a commit is
+    /// kept back only if that is at most [`DEFER`], so that entries are
+    /// likely to carry it. Writes further apart would only make followers
+    /// learn of each later; measured, that cost a fan-out with one writer
+    /// (50 ms between writes) about a tenth of its deliveries.
+    entries_gap: Option<Duration>,
 }
 
 impl Told {
@@ -139,6 +149,10 @@ impl Told {
         ttl: Duration,
         now: Instant,
     ) -> Offer {
+        if !rpc.entries.is_empty() {
+            self.entries_gap = self.entries_at.map(|at| now.saturating_duration_since(at));
+            self.entries_at = Some(now);
+        }
         let answerable = rpc.entries.is_empty()
             && !self.failed
             && self.last.as_ref().is_some_and(|last| {
@@ -160,6 +174,10 @@ impl Told {
         }
         if rpc.leader_commit <= told {
             return Offer::Answered;
+        }
+        let frequent = self.entries_gap.is_some_and(|gap| gap <= DEFER);
+        if !frequent && self.pending.is_none() {
+            return Offer::Send(rpc);
         }
         match &mut self.pending {
             Some(pending) => {
@@ -347,15 +365,36 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(1);
 
-    /// `told` after the follower took entries up to 5 with commit 4 at `t`.
-    fn answered_at(t: Instant) -> Told {
+    /// `told` after the follower took entries up to 4 at `t - gap` and
+    /// entries up to 5 with commit 4 at `t`.
+    fn answered_after(gap: Duration, t: Instant) -> Told {
         let mut told = Told::default();
+        for (prev, at) in [(3, t - gap), (4, t)] {
+            let rpc = request(prev, prev + 1, 4);
+            assert!(matches!(told.offer(rpc.clone(), TTL, at), Offer::Send(_)));
+            told.acked(Ack::of(&rpc, at));
+        }
+        told
+    }
+
+    /// `told` after writes a millisecond apart.
+    fn answered_at(t: Instant) -> Told {
+        answered_after(Duration::from_millis(1), t)
+    }
+
+    #[test]
+    fn a_commit_after_entries_far_apart_is_sent_at_once() {
+        let t = Instant::now();
+        let mut told = answered_after(DEFER + Duration::from_millis(1), t);
         assert!(matches!(
-            told.offer(request(4, 5, 4), TTL, t),
+            told.offer(request(5, 5, 5), TTL, t),
             Offer::Send(_)
         ));
-        told.acked(Ack::of(&request(4, 5, 4), t));
-        told
+        // A heartbeat with nothing new is still answered here.
+        assert!(matches!(
+            told.offer(request(5, 5, 4), TTL, t),
+            Offer::Answered
+        ));
     }
 
     #[test]

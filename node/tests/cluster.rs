@@ -320,20 +320,27 @@ async fn followers_learn_of_the_last_commit_without_a_heartbeat() {
     let leader = cluster.leader_index().expect("a leader");
     let mut lc = client(cluster.node(leader).local_addr).await;
     let (client_id, _hb, _responses) = open_session(&mut lc, 10_000).await;
-    for i in 0..3 {
-        let index = lc
-            .register(pb::RegisterRequest {
-                origin: Some(pb::WriteOrigin {
-                    client_id: client_id.clone(),
-                    seq: i + 1,
-                    ack_below: i + 1,
-                }),
-                member: Some(member(&format!("m-{i}"))),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .index;
+    let mut seq = 0;
+    for round in 0..3 {
+        // A burst of writes, so that the leader keeps the last commit back
+        // (it does so only for writes close together); then nothing.
+        let mut index = 0;
+        for _ in 0..10 {
+            seq += 1;
+            index = lc
+                .register(pb::RegisterRequest {
+                    origin: Some(pb::WriteOrigin {
+                        client_id: client_id.clone(),
+                        seq,
+                        ack_below: seq,
+                    }),
+                    member: Some(member(&format!("m-{seq}"))),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .index;
+        }
         // Well within the heartbeat interval.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         for node in cluster.nodes.iter().flatten() {
@@ -345,7 +352,7 @@ async fn followers_learn_of_the_last_commit_without_a_heartbeat() {
             .await;
             assert!(
                 matches!(applied, Ok(Ok(_))),
-                "node {} did not apply write {i} (index {index})",
+                "node {} did not apply round {round}'s last write (index {index})",
                 node.core.id
             );
         }
