@@ -33,9 +33,10 @@
 //! Measured (`docs/benchmarks.md`, "What each change bought"): one writer
 //! on three nodes, a request fewer per write on each follower.
 //!
-//! [`Told`] is the decision, pure and unit-tested; [`Deferral`] holds it
-//! for one connection and owns the task that sends what is due.
+//! [`FollowerState`] is the decision, pure and unit-tested; [`Deferral`]
+//! holds it for one connection and owns the task that sends what is due.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -43,7 +44,10 @@ use fuddle_storage::{NodeId, TypeConfig};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use openraft::{LogId, Vote};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use crate::counters::CommitCounters;
 
 /// How long a commit-only request is kept back for entries to carry it.
 /// Long enough that the next write of a single writer (about a
@@ -101,7 +105,7 @@ pub struct Pending {
     /// The request, the latest of those kept back (each carries a commit at
     /// least that of the one before).
     pub request: AppendEntriesRequest<TypeConfig>,
-    /// The time the caller gave it.
+    /// How long its sending may take: what openraft gave the request.
     pub ttl: Duration,
     /// When it is sent unless entries carried its commit first: [`DEFER`]
     /// after the first of those it stands for.
@@ -113,35 +117,64 @@ pub struct Pending {
 pub enum Offer {
     /// Send it: its answer is the follower's to give.
     Send(AppendEntriesRequest<TypeConfig>),
-    /// Answer `Success` here; nothing is left to send.
+    /// Answer `Success` here: the follower was told all it carries.
     Answered,
     /// Answer `Success` here; the request is kept back. `first`: nothing
     /// was kept back before it (the sender may be asleep).
     Deferred { first: bool },
 }
 
-/// What a connection's leader knows its follower has been told. Pure: the
-/// caller gives the time.
-#[derive(Debug, Default)]
-pub struct Told {
+/// What a replication's leader knows of its follower: what it answered
+/// last, what is kept back for it, and how often entries go to it. The
+/// decision is pure (the caller gives the time), so that it is tested
+/// without a clock or a network.
+#[derive(Debug)]
+pub struct FollowerState {
+    /// How recent the follower's last success must be for a request to be
+    /// answered here: [`FRESH`], or less under short Raft timings (see
+    /// [`fresh_for`]).
+    fresh: Duration,
     /// The follower's last success.
     last: Option<Ack>,
     /// A request kept back.
     pending: Option<Pending>,
-    /// A request kept back failed to reach the follower, or was refused:
-    /// nothing is answered here until the follower answers again.
+    /// The last request sent to the follower failed or was refused, on the
+    /// stream or from the sender: nothing is answered here until the
+    /// follower answers again.
     failed: bool,
     /// When the last request with entries was made.
     entries_at: Option<Instant>,
-    /// The time between the last two requests with entries: a commit is
-    /// kept back only if that is at most [`DEFER`], so that entries are
-    /// likely to carry it. Writes further apart would only make followers
-    /// learn of each later; measured, that cost a fan-out with one writer
-    /// (50 ms between writes) about a tenth of its deliveries.
+    /// The time between the last two requests with entries. A commit is
+    /// kept back only if that is at most [`DEFER`] and the last was at most
+    /// [`DEFER`] ago, so that the next entries are likely to carry it.
+    /// Writes further apart would only make followers learn of each later;
+    /// measured, that cost a fan-out with one writer (50 ms between writes)
+    /// about a tenth of its deliveries.
     entries_gap: Option<Duration>,
 }
 
-impl Told {
+/// How recent a follower's answer must be for a request to be answered
+/// for it, under an election timeout of at least `election_timeout_min`:
+/// [`FRESH`], or a quarter of that timeout if that is less, so that a
+/// follower under short test timings still hears from its leader well
+/// before it would stand for election.
+pub fn fresh_for(election_timeout_min: Duration) -> Duration {
+    FRESH.min(election_timeout_min / 4)
+}
+
+impl FollowerState {
+    /// Nothing known yet; `fresh` as [`fresh_for`] gives it.
+    pub fn new(fresh: Duration) -> FollowerState {
+        FollowerState {
+            fresh,
+            last: None,
+            pending: None,
+            failed: false,
+            entries_at: None,
+            entries_gap: None,
+        }
+    }
+
     /// Decides what to do with `rpc`, made at `now`.
     pub fn offer(
         &mut self,
@@ -158,7 +191,7 @@ impl Told {
             && self.last.as_ref().is_some_and(|last| {
                 last.vote == rpc.vote
                     && last.matched == rpc.prev_log_id
-                    && now.saturating_duration_since(last.sent_at) <= FRESH
+                    && now.saturating_duration_since(last.sent_at) <= self.fresh
             });
         let told = self.last.as_ref().and_then(|last| last.commit);
         if !answerable {
@@ -175,7 +208,10 @@ impl Told {
         if rpc.leader_commit <= told {
             return Offer::Answered;
         }
-        let frequent = self.entries_gap.is_some_and(|gap| gap <= DEFER);
+        let frequent = self.entries_gap.is_some_and(|gap| gap <= DEFER)
+            && self
+                .entries_at
+                .is_some_and(|at| now.saturating_duration_since(at) <= DEFER);
         if !frequent && self.pending.is_none() {
             return Offer::Send(rpc);
         }
@@ -211,9 +247,18 @@ impl Told {
         }
     }
 
-    /// A request kept back did not get a success.
+    /// A request sent to the follower got no success.
     pub fn failed(&mut self) {
         self.failed = true;
+    }
+
+    /// Records the follower's answer to a request sent to it: `ack` is what
+    /// a success would confirm, `answer` the follower's answer, if any.
+    pub fn answered(&mut self, ack: Ack, answer: Option<&AppendEntriesResponse<NodeId>>) {
+        match answer.and_then(|answer| ack.confirmed(answer)) {
+            Some(ack) => self.acked(ack),
+            None => self.failed(),
+        }
     }
 
     /// When the request kept back is due, if one is.
@@ -230,72 +275,114 @@ impl Told {
     }
 }
 
-/// [`Told`] shared between a connection and the task that sends what it
-/// kept back.
-#[derive(Debug, Default)]
+/// A [`FollowerState`] shared between a connection and the task that
+/// sends what it kept back.
+#[derive(Debug)]
 pub struct Shared {
     /// The decision's state.
-    told: Mutex<Told>,
+    state: Mutex<FollowerState>,
     /// Wakes the sender for a first request kept back, or to end.
     wake: Notify,
-    /// The connection is gone: the sender ends.
-    closed: std::sync::atomic::AtomicBool,
+    /// Set when the connection is gone, so that the sender ends. What is
+    /// kept back then is dropped: openraft drops a replication's connection
+    /// when the replication ends (a new term, a membership change, a
+    /// shutdown), and the next leader or replication tells followers of
+    /// the commit in its own first messages.
+    closed: AtomicBool,
 }
 
 impl Shared {
     /// Runs `f` on the state. The lock is never held across an await.
-    pub fn with<R>(&self, f: impl FnOnce(&mut Told) -> R) -> R {
-        f(&mut self.told.lock().unwrap_or_else(PoisonError::into_inner))
+    pub fn with<R>(&self, f: impl FnOnce(&mut FollowerState) -> R) -> R {
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn is_closed(&self) -> bool {
-        self.closed.load(std::sync::atomic::Ordering::Acquire)
+        self.closed.load(Ordering::Acquire)
     }
 }
 
-/// One connection's [`Told`] and its sender.
-#[derive(Debug, Default)]
+/// What [`Deferral::offer`] decided.
+#[derive(Debug)]
+pub enum Offered {
+    /// Send it.
+    Send(AppendEntriesRequest<TypeConfig>),
+    /// Answer `Success`; nothing to send.
+    Answered,
+    /// Answer `Success`; it is kept back, and a sender must run (see
+    /// [`Deferral::needs_sender`]).
+    KeptBack,
+}
+
+/// One connection's [`FollowerState`] and the task that sends what it
+/// keeps back.
+#[derive(Debug)]
 pub struct Deferral {
     /// The state, shared with the sender.
-    pub shared: Arc<Shared>,
-    /// Whether the sender task runs; started at the first request kept
-    /// back, so connections that never defer have none.
-    started: bool,
+    shared: Arc<Shared>,
+    /// The sender, started at the first request kept back (connections
+    /// that never keep one back have none), and started again if it ended
+    /// (it ends only by a panic while the connection lives), so that
+    /// nothing kept back waits for a task that is gone.
+    sender: Option<JoinHandle<()>>,
+    /// The node's counts of commits kept back and sent late.
+    counters: Arc<CommitCounters>,
 }
 
 impl Deferral {
-    /// Decides what to do with `rpc`; `send` starts the sender (given the
-    /// state) the first time something is kept back.
-    pub fn offer<F, Fut>(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        ttl: Duration,
-        send: F,
-    ) -> Option<AppendEntriesRequest<TypeConfig>>
-    where
-        F: FnOnce(Arc<Shared>) -> Fut,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        match self.shared.with(|t| t.offer(rpc, ttl, Instant::now())) {
-            Offer::Send(rpc) => Some(rpc),
-            Offer::Answered | Offer::Deferred { first: false } => None,
-            Offer::Deferred { first: true } => {
-                if !self.started {
-                    self.started = true;
-                    tokio::spawn(send(self.shared.clone()));
+    /// A deferral for a new connection.
+    pub fn new(fresh: Duration, counters: Arc<CommitCounters>) -> Deferral {
+        Deferral {
+            shared: Arc::new(Shared {
+                state: Mutex::new(FollowerState::new(fresh)),
+                wake: Notify::new(),
+                closed: AtomicBool::new(false),
+            }),
+            sender: None,
+            counters,
+        }
+    }
+
+    /// Decides what to do with `rpc`, made now.
+    pub fn offer(&mut self, rpc: AppendEntriesRequest<TypeConfig>, ttl: Duration) -> Offered {
+        match self.shared.with(|s| s.offer(rpc, ttl, Instant::now())) {
+            Offer::Send(rpc) => Offered::Send(rpc),
+            Offer::Answered => Offered::Answered,
+            Offer::Deferred { first } => {
+                self.counters.kept_back();
+                if first {
+                    self.shared.wake.notify_one();
                 }
-                self.shared.wake.notify_one();
-                None
+                Offered::KeptBack
             }
         }
+    }
+
+    /// Records the follower's answer to a request sent to it on the
+    /// connection (see [`FollowerState::answered`]).
+    pub fn answered(&self, ack: Ack, answer: Option<&AppendEntriesResponse<NodeId>>) {
+        self.shared.with(|s| s.answered(ack, answer));
+    }
+
+    /// Whether no sender runs.
+    pub fn needs_sender(&self) -> bool {
+        self.sender.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Starts the sender: [`send_when_due`] with `call`.
+    pub fn start_sender<F, Fut>(&mut self, call: F)
+    where
+        F: FnMut(AppendEntriesRequest<TypeConfig>, Duration) -> Fut + Send + 'static,
+        Fut: Future<Output = Option<AppendEntriesResponse<NodeId>>> + Send + 'static,
+    {
+        let task = send_when_due(self.shared.clone(), self.counters.clone(), call);
+        self.sender = Some(tokio::spawn(task));
     }
 }
 
 impl Drop for Deferral {
     fn drop(&mut self) {
-        self.shared
-            .closed
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.closed.store(true, Ordering::Release);
         self.shared.wake.notify_one();
     }
 }
@@ -303,7 +390,7 @@ impl Drop for Deferral {
 /// The sender: sends each request kept back when it is due, with `call`,
 /// until the connection is gone. `call` gives the follower's answer, or
 /// `None` if there was none.
-pub async fn run<F, Fut>(shared: Arc<Shared>, mut call: F)
+pub async fn send_when_due<F, Fut>(shared: Arc<Shared>, counters: Arc<CommitCounters>, mut call: F)
 where
     F: FnMut(AppendEntriesRequest<TypeConfig>, Duration) -> Fut,
     Fut: Future<Output = Option<AppendEntriesResponse<NodeId>>>,
@@ -312,28 +399,24 @@ where
         if shared.is_closed() {
             return;
         }
-        let Some(due) = shared.with(|t| t.due()) else {
+        let Some(due) = shared.with(|s| s.due()) else {
             // A permit left by a `notify_one` while this task was busy
             // makes this return at once; the loop then looks again.
             shared.wake.notified().await;
             continue;
         };
         tokio::time::sleep_until(due).await;
-        let Some(pending) = shared.with(|t| t.take_due(Instant::now())) else {
+        let Some(pending) = shared.with(|s| s.take_due(Instant::now())) else {
             // Entries carried it, or a later request replaced it.
             continue;
         };
         if shared.is_closed() {
             return;
         }
+        counters.sent_late();
         let ack = Ack::of(&pending.request, Instant::now());
-        match call(pending.request, pending.ttl).await {
-            Some(response) => match ack.confirmed(&response) {
-                Some(ack) => shared.with(|t| t.acked(ack)),
-                None => shared.with(Told::failed),
-            },
-            None => shared.with(Told::failed),
-        }
+        let answer = call(pending.request, pending.ttl).await;
+        shared.with(|s| s.answered(ack, answer.as_ref()));
     }
 }
 
@@ -367,8 +450,8 @@ mod tests {
 
     /// `told` after the follower took entries up to 4 at `t - gap` and
     /// entries up to 5 with commit 4 at `t`.
-    fn answered_after(gap: Duration, t: Instant) -> Told {
-        let mut told = Told::default();
+    fn answered_after(gap: Duration, t: Instant) -> FollowerState {
+        let mut told = FollowerState::new(FRESH);
         for (prev, at) in [(3, t - gap), (4, t)] {
             let rpc = request(prev, prev + 1, 4);
             assert!(matches!(told.offer(rpc.clone(), TTL, at), Offer::Send(_)));
@@ -378,8 +461,107 @@ mod tests {
     }
 
     /// `told` after writes a millisecond apart.
-    fn answered_at(t: Instant) -> Told {
+    fn answered_at(t: Instant) -> FollowerState {
         answered_after(Duration::from_millis(1), t)
+    }
+
+    #[test]
+    fn a_commit_long_after_a_burst_is_sent_at_once() {
+        let t = Instant::now();
+        let mut told = answered_at(t);
+        // The follower answered a heartbeat since, so it is fresh, but the
+        // last entries went long ago: none are likely to come.
+        let later = t + DEFER + Duration::from_millis(1);
+        told.acked(Ack::of(&request(5, 5, 4), later));
+        assert!(matches!(
+            told.offer(request(5, 5, 5), TTL, later),
+            Offer::Send(_)
+        ));
+    }
+
+    #[test]
+    fn fresh_is_shorter_under_short_election_timeouts() {
+        assert_eq!(fresh_for(Duration::from_secs(1)), FRESH);
+        assert_eq!(
+            fresh_for(Duration::from_millis(40)),
+            Duration::from_millis(10)
+        );
+    }
+
+    #[test]
+    fn a_failure_on_the_connection_stops_answers_here() {
+        let t = Instant::now();
+        let mut told = answered_at(t);
+        told.answered(Ack::of(&request(5, 6, 4), t), None);
+        assert!(matches!(
+            told.offer(request(5, 5, 4), TTL, t),
+            Offer::Send(_)
+        ));
+        told.answered(
+            Ack::of(&request(5, 5, 4), t),
+            Some(&AppendEntriesResponse::Conflict),
+        );
+        assert!(matches!(
+            told.offer(request(5, 5, 4), TTL, t),
+            Offer::Send(_)
+        ));
+        told.answered(
+            Ack::of(&request(5, 5, 4), t),
+            Some(&AppendEntriesResponse::Success),
+        );
+        assert!(matches!(
+            told.offer(request(5, 5, 4), TTL, t),
+            Offer::Answered
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sender_sends_what_is_due_and_ends_with_its_connection() {
+        let counters = Arc::new(CommitCounters::default());
+        let mut deferral = Deferral::new(FRESH, counters.clone());
+        let t = Instant::now();
+        deferral.shared.with(|s| *s = answered_at(t));
+        assert!(matches!(
+            deferral.offer(request(5, 5, 5), TTL),
+            Offered::KeptBack
+        ));
+        assert!(deferral.needs_sender());
+        let (sent, mut received) = tokio::sync::mpsc::unbounded_channel();
+        deferral.start_sender(move |rpc, _ttl| {
+            sent.send(rpc).unwrap();
+            async { Some(AppendEntriesResponse::Success) }
+        });
+        assert!(!deferral.needs_sender());
+        tokio::time::sleep(DEFER - Duration::from_micros(1)).await;
+        assert!(received.try_recv().is_err(), "sent before it was due");
+        let rpc = tokio::time::timeout(Duration::from_secs(1), received.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rpc.leader_commit, Some(log_id(2, 5)));
+        assert_eq!(counters.get(), (1, 1));
+        // The follower's answer is recorded: it was told commit 5.
+        assert!(matches!(
+            deferral.offer(request(5, 5, 5), TTL),
+            Offered::Answered
+        ));
+        // A second commit kept back wakes the sender again.
+        assert!(matches!(
+            deferral.offer(request(5, 5, 6), TTL),
+            Offered::KeptBack
+        ));
+        let rpc = tokio::time::timeout(Duration::from_secs(1), received.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rpc.leader_commit, Some(log_id(2, 6)));
+        // Dropping the connection ends the sender.
+        let sender = deferral.sender.take().unwrap();
+        drop(deferral);
+        tokio::time::timeout(Duration::from_secs(1), sender)
+            .await
+            .expect("the sender ended")
+            .unwrap();
     }
 
     #[test]
@@ -501,7 +683,7 @@ mod tests {
         assert!(matches!(told.offer(other, TTL, t), Offer::Send(_)));
         // A follower that never answered.
         assert!(matches!(
-            Told::default().offer(request(5, 5, 5), TTL, t),
+            FollowerState::new(FRESH).offer(request(5, 5, 5), TTL, t),
             Offer::Send(_)
         ));
     }

@@ -13,7 +13,7 @@ use fuddle_proto::raft::RaftMessage;
 use fuddle_storage::codec::decode;
 
 use crate::config::Config;
-use crate::counters::WriteCounters;
+use crate::counters::{CommitCounters, WriteCounters};
 use crate::error::NodeError;
 use crate::forward::ReadIndexReply;
 use crate::gossip::{Gossip, Liveness};
@@ -50,6 +50,9 @@ pub struct Core {
     pub heartbeats: Heartbeats,
     /// Writes received, by unary call or session stream, for `/metrics`.
     pub writes: WriteCounters,
+    /// Commit-only AppendEntries this node, as leader, kept back and sent
+    /// late (`commit_deferral`), for `/metrics` and tests.
+    pub commits: Arc<CommitCounters>,
     /// Discovery and liveness of other nodes.
     pub gossip: Arc<Gossip>,
     /// Cancelled when the node shuts down; long-lived streams watch it.

@@ -33,3 +33,36 @@ impl WriteCounters {
         )
     }
 }
+
+/// A leader's commit-only AppendEntries that it answered itself and kept
+/// back (`crate::commit_deferral`), and those of them it then sent because
+/// no entries carried the commit in time. Operators see from them how
+/// often followers are spared a request; tests check that a commit kept
+/// back still reaches the followers.
+#[derive(Debug, Default)]
+pub struct CommitCounters {
+    /// Commit-only requests kept back.
+    kept_back: AtomicU64,
+    /// Of those, sent late.
+    sent_late: AtomicU64,
+}
+
+impl CommitCounters {
+    /// Counts a request kept back.
+    pub fn kept_back(&self) {
+        self.kept_back.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request kept back and then sent.
+    pub fn sent_late(&self) {
+        self.sent_late.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far: kept back, sent late.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.kept_back.load(Ordering::Relaxed),
+            self.sent_late.load(Ordering::Relaxed),
+        )
+    }
+}

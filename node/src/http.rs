@@ -120,6 +120,23 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
         "# HELP {name} Writes received from clients, by how they came.\n# TYPE {name} counter\n\
          {name}{{via=\"unary\"}} {unary}\n{name}{{via=\"session_stream\"}} {session_stream}\n"
     ));
+    let (kept_back, sent_late) = core.commits.get();
+    for (name, help, value) in [
+        (
+            "fuddle_raft_commits_kept_back_total",
+            "Commit-only AppendEntries this node, as leader, answered itself and kept back for entries to carry.",
+            kept_back,
+        ),
+        (
+            "fuddle_raft_commits_sent_late_total",
+            "Of those, sent on their own because no entries carried the commit in time.",
+            sent_late,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
     out
 }
 

@@ -4,6 +4,7 @@
 //! evolve its messages without a proto change.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fuddle_proto::raft::RaftMessage;
@@ -24,8 +25,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::commit_deferral::{self, Ack, Deferral};
+use crate::commit_deferral::{self, Ack, Deferral, Offered};
 use crate::connections::connect_internal;
+use crate::counters::CommitCounters;
 
 /// openraft's error for a failed message to a peer.
 type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>;
@@ -46,7 +48,7 @@ pub const TARGET_NODE_HEADER: &str = "fuddle-target-node";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Builds connections to peers.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Network {
     /// The source IP for connections to peers: the node's bind IP, so that
     /// a peer (or a fault-injecting proxy in tests) sees which node calls.
@@ -54,14 +56,28 @@ pub struct Network {
     /// What of this node's log is durable: a leader tells its followers of
     /// a commit only as far as that (see `fuddle_storage::log_sync`).
     pub sync: LogSync,
+    /// How recent a follower's answer must be for a request to be answered
+    /// for it (`commit_deferral::fresh_for` the node's Raft timings).
+    pub fresh: Duration,
+    /// The node's counts of commits kept back, for `/metrics`.
+    pub commits: Arc<CommitCounters>,
+}
+
+impl Default for Network {
+    fn default() -> Network {
+        Network {
+            local_ip: None,
+            sync: LogSync::default(),
+            fresh: commit_deferral::FRESH,
+            commits: Arc::default(),
+        }
+    }
 }
 
 /// A lazily connected channel to a peer's internal service.
 pub struct Connection {
-    /// The peer, for errors.
-    target: NodeId,
-    /// The peer's address, for errors.
-    node: NodeAddr,
+    /// The peer: its id and address.
+    peer: Peer,
     /// The channel (reconnects by itself after failures).
     client: Option<RaftClient<Channel>>,
     /// See `Network::sync`.
@@ -83,9 +99,18 @@ pub struct Connection {
     /// would cost more than it saves. A replication's connection streams
     /// from its second message on.
     used: bool,
-    /// The commit-only requests a replication's connection answers itself
-    /// and keeps back (see `commit_deferral`).
+    /// The requests a replication's connection answers itself and keeps
+    /// back (see `commit_deferral`).
     deferral: Deferral,
+}
+
+/// A peer's id, to mark requests with, and address, for errors.
+#[derive(Clone)]
+struct Peer {
+    /// The peer's node id.
+    target: NodeId,
+    /// The peer's address.
+    node: NodeAddr,
 }
 
 /// The two halves of an open `AppendEntriesStream`.
@@ -123,58 +148,34 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .max_encoding_message_size(usize::MAX)
         });
         Connection {
-            target,
-            node: node.clone(),
+            peer: Peer {
+                target,
+                node: node.clone(),
+            },
             client,
             sync: self.sync.clone(),
             stream: None,
             unary_only: false,
             used: false,
-            deferral: Deferral::default(),
+            deferral: Deferral::new(self.fresh, self.commits.clone()),
         }
     }
 }
 
-/// A request to node `target`, marked with its id.
-fn addressed<T>(target: NodeId, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    // Raft messages do not name their recipient. A node whose data dir was
-    // wiped comes back with a new id, possibly at the old address; it must
-    // refuse traffic meant for the old id instead of answering it with an
-    // empty log.
-    request.metadata_mut().insert(
-        TARGET_NODE_HEADER,
-        tonic::metadata::MetadataValue::from(target),
-    );
-    request
-}
-
-/// Sends a request that `commit_deferral` kept back, as a call: its
-/// answer, or `None` if there was none.
+/// Sends a request that `commit_deferral` kept back, as a call: the
+/// follower's answer, or `None` if there was none.
 async fn send_kept_back(
-    mut client: RaftClient<Channel>,
-    target: NodeId,
-    rpc: AppendEntriesRequest<TypeConfig>,
+    client: &mut RaftClient<Channel>,
+    peer: &Peer,
+    rpc: &AppendEntriesRequest<TypeConfig>,
     ttl: Duration,
 ) -> Option<AppendEntriesResponse<NodeId>> {
-    let mut message = addressed(
-        target,
-        RaftMessage {
-            data: encode(&rpc).ok()?,
-        },
-    );
-    message.set_timeout(ttl);
-    match client.append_entries(message).await {
-        Ok(reply) => {
-            let result: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-                decode(&reply.into_inner().data).ok()?;
-            result.ok()
-        }
-        Err(status) => {
-            tracing::debug!(peer = target, %status, "a commit kept back did not reach the peer");
-            None
-        }
-    }
+    let answer: Result<_, RpcError> = peer.call(client, Rpc::AppendEntries, rpc, ttl).await;
+    answer
+        .inspect_err(|e| {
+            tracing::debug!(peer = peer.target, error = %e, "a commit kept back did not reach the peer");
+        })
+        .ok()
 }
 
 #[derive(Clone, Copy)]
@@ -196,21 +197,19 @@ fn status_error<E: std::error::Error>(status: tonic::Status) -> RpcError<E> {
     }
 }
 
-impl Connection {
-    /// The client, or `Unreachable` for an address that cannot be dialled.
-    fn client<E: std::error::Error>(&mut self) -> Result<&mut RaftClient<Channel>, RpcError<E>> {
-        match self.client.as_mut() {
-            Some(client) => Ok(client),
-            None => {
-                let e = std::io::Error::other(format!("bad address {:?}", self.node.addr));
-                Err(RPCError::Unreachable(Unreachable::new(&e)))
-            }
-        }
-    }
-
+impl Peer {
     /// A request to this peer, marked with its node id.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
-        addressed(self.target, message)
+        let mut request = tonic::Request::new(message);
+        // Raft messages do not name their recipient. A node whose data dir
+        // was wiped comes back with a new id, possibly at the old address;
+        // it must refuse traffic meant for the old id instead of answering
+        // it with an empty log.
+        request.metadata_mut().insert(
+            TARGET_NODE_HEADER,
+            tonic::metadata::MetadataValue::from(self.target),
+        );
+        request
     }
 
     /// Decodes a peer's reply into openraft's result.
@@ -230,6 +229,47 @@ impl Connection {
         })
     }
 
+    /// Sends `request` to the peer as a call of kind `rpc` and waits at
+    /// most `ttl` for its reply.
+    async fn call<Req, Resp, E>(
+        &self,
+        client: &mut RaftClient<Channel>,
+        rpc: Rpc,
+        request: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RpcError<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let data = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut message = self.request(RaftMessage { data });
+        message.set_timeout(ttl);
+        let reply = match rpc {
+            Rpc::AppendEntries => client.append_entries(message).await,
+            Rpc::Vote => client.vote(message).await,
+            Rpc::InstallSnapshot => client.install_snapshot(message).await,
+        };
+        let reply = reply.map_err(status_error)?;
+        self.reply(&reply.into_inner().data)
+    }
+}
+
+/// A connection's client, or `Unreachable` for an address that cannot be
+/// dialled. A function of the two fields rather than a method, so that the
+/// peer stays borrowed beside it.
+fn dialled<'a, E: std::error::Error>(
+    client: &'a mut Option<RaftClient<Channel>>,
+    peer: &Peer,
+) -> Result<&'a mut RaftClient<Channel>, RpcError<E>> {
+    client.as_mut().ok_or_else(|| {
+        let e = std::io::Error::other(format!("bad address {:?}", peer.node.addr));
+        RPCError::Unreachable(Unreachable::new(&e))
+    })
+}
+
+impl Connection {
     /// Sends an AppendEntries on the stream (opening it with this request
     /// if none is open) and waits at most `ttl` for its reply. `None`: the
     /// peer does not serve the stream; send it as a call.
@@ -260,11 +300,11 @@ impl Connection {
         match tokio::time::timeout(ttl, exchange).await {
             Ok(Ok((stream, reply))) => {
                 self.stream = Some(stream);
-                Some(self.reply(&reply.data))
+                Some(self.peer.reply(&reply.data))
             }
             Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
                 tracing::info!(
-                    peer = self.target,
+                    peer = self.peer.target,
                     "peer has no AppendEntriesStream (an earlier release): sending calls"
                 );
                 self.unary_only = true;
@@ -284,9 +324,9 @@ impl Connection {
         requests
             .try_send(first)
             .expect("a new channel has room for one");
-        let request = self.request(ReceiverStream::new(receiver));
+        let request = self.peer.request(ReceiverStream::new(receiver));
         let client = self.client.as_mut().ok_or_else(|| {
-            tonic::Status::unavailable(format!("bad address {:?}", self.node.addr))
+            tonic::Status::unavailable(format!("bad address {:?}", self.peer.node.addr))
         })?;
         let replies = client.append_entries_stream(request).await?.into_inner();
         Ok(AppendStream { requests, replies })
@@ -306,31 +346,8 @@ impl Connection {
                 return result;
             }
         }
-        self.call(Rpc::AppendEntries, rpc, ttl).await
-    }
-
-    async fn call<Req, Resp, E>(
-        &mut self,
-        rpc: Rpc,
-        request: &Req,
-        ttl: Duration,
-    ) -> Result<Resp, RpcError<E>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let data = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut message = self.request(RaftMessage { data });
-        message.set_timeout(ttl);
-        let client = self.client()?;
-        let reply = match rpc {
-            Rpc::AppendEntries => client.append_entries(message).await,
-            Rpc::Vote => client.vote(message).await,
-            Rpc::InstallSnapshot => client.install_snapshot(message).await,
-        };
-        let reply = reply.map_err(status_error)?;
-        self.reply(&reply.into_inner().data)
+        let client = dialled(&mut self.client, &self.peer)?;
+        self.peer.call(client, Rpc::AppendEntries, rpc, ttl).await
     }
 }
 
@@ -344,28 +361,29 @@ impl RaftNetwork<TypeConfig> for Connection {
         let ttl = option.hard_ttl();
         // Only a replication's connection answers requests itself: a
         // one-message connection is the heartbeat round of a linearizable
-        // read, whose answers must be the followers' own.
+        // read, whose answers must be the followers' own. A connection
+        // without a client could not send what it keeps back.
         let replicating = self.used;
         self.used = true;
         if replicating && let Some(client) = &self.client {
-            let (client, target) = (client.clone(), self.target);
-            let kept = self.deferral.offer(rpc, ttl, move |shared| {
-                commit_deferral::run(shared, move |rpc, ttl| {
-                    send_kept_back(client.clone(), target, rpc, ttl)
-                })
-            });
-            match kept {
-                Some(to_send) => rpc = to_send,
-                None => return Ok(AppendEntriesResponse::Success),
+            match self.deferral.offer(rpc, ttl) {
+                Offered::Send(to_send) => rpc = to_send,
+                Offered::Answered => return Ok(AppendEntriesResponse::Success),
+                Offered::KeptBack => {
+                    if self.deferral.needs_sender() {
+                        let (client, peer) = (client.clone(), self.peer.clone());
+                        self.deferral.start_sender(move |rpc, ttl| {
+                            let (mut client, peer) = (client.clone(), peer.clone());
+                            async move { send_kept_back(&mut client, &peer, &rpc, ttl).await }
+                        });
+                    }
+                    return Ok(AppendEntriesResponse::Success);
+                }
             }
         }
         let ack = Ack::of(&rpc, tokio::time::Instant::now());
         let result = self.send_append_entries(replicating, &rpc, ttl).await;
-        if let Ok(response) = &result
-            && let Some(ack) = ack.confirmed(response)
-        {
-            self.deferral.shared.with(|told| told.acked(ack));
-        }
+        self.deferral.answered(ack, result.as_ref().ok());
         result
     }
 
@@ -374,7 +392,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
-        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl())
+        let client = dialled(&mut self.client, &self.peer)?;
+        self.peer
+            .call(client, Rpc::InstallSnapshot, &rpc, option.hard_ttl())
             .await
     }
 
@@ -383,6 +403,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcError> {
-        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+        let client = dialled(&mut self.client, &self.peer)?;
+        self.peer
+            .call(client, Rpc::Vote, &rpc, option.hard_ttl())
+            .await
     }
 }

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::connections::{self, Conn};
 use crate::core::Core;
+use crate::counters::CommitCounters;
 use crate::gossip::{Gossip, GossipConfig, GossipError};
 use crate::network::Network;
 use crate::peers::Peers;
@@ -28,7 +29,7 @@ use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
 use crate::registry_service::RegistryService;
 use crate::sessions::{self, Heartbeats, SessionClock};
-use crate::{held_commits, http, membership, memory, snapshots};
+use crate::{commit_deferral, held_commits, http, membership, memory, snapshots};
 
 /// How often a running node looks whether Raft has stopped (a storage
 /// failure, say), to exit saying why.
@@ -344,6 +345,7 @@ impl Node {
         // Raft spawns its tasks (core, state machine worker, replication)
         // where it is created.
         let raft_config = Arc::new(raft_config(&config)?);
+        let commits = Arc::new(CommitCounters::default());
         let raft = raft_runtime
             .handle()
             .spawn(Raft::<TypeConfig>::new(
@@ -352,6 +354,8 @@ impl Node {
                 Network {
                     local_ip,
                     sync: log_sync.clone(),
+                    fresh: commit_deferral::fresh_for(config.raft.election_timeout_min),
+                    commits: commits.clone(),
                 },
                 log_store,
                 sm,
@@ -411,6 +415,7 @@ impl Node {
             peers: peers.clone(),
             heartbeats: heartbeats.clone(),
             writes: Default::default(),
+            commits,
             gossip: gossip.clone(),
             shutdown: shutdown.clone(),
             started,

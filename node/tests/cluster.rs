@@ -319,28 +319,34 @@ async fn followers_learn_of_the_last_commit_without_a_heartbeat() {
     .await;
     let leader = cluster.leader_index().expect("a leader");
     let mut lc = client(cluster.node(leader).local_addr).await;
-    let (client_id, _hb, _responses) = open_session(&mut lc, 10_000).await;
+    // The longest session a node allows: its expiry, a write of its own,
+    // must not come within the test and carry the commit.
+    let (client_id, _hb, _responses) = open_session(&mut lc, 300_000).await;
+    let sent_late = || cluster.node(leader).core.commits.get().1;
     let mut seq = 0;
-    for round in 0..3 {
-        // A burst of writes, so that the leader keeps the last commit back
-        // (it does so only for writes close together); then nothing.
-        let mut index = 0;
-        for _ in 0..10 {
+    // A burst of concurrent writes, so that entries go to the followers
+    // close together and the leader keeps the last commit back; then
+    // nothing. Until a commit kept back has been sent late, at most 20
+    // rounds (a busy machine may space even these writes out).
+    for round in 0..20 {
+        let writes = (0..10).map(|_| {
             seq += 1;
-            index = lc
-                .register(pb::RegisterRequest {
-                    origin: Some(pb::WriteOrigin {
-                        client_id: client_id.clone(),
-                        seq,
-                        ack_below: seq,
-                    }),
-                    member: Some(member(&format!("m-{seq}"))),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .index;
-        }
+            let mut lc = lc.clone();
+            let request = pb::RegisterRequest {
+                origin: Some(pb::WriteOrigin {
+                    client_id: client_id.clone(),
+                    seq,
+                    ack_below: 10 * round + 1,
+                }),
+                member: Some(member(&format!("m-{seq}"))),
+            };
+            async move { lc.register(request).await.unwrap().into_inner().index }
+        });
+        let index = futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .max()
+            .unwrap();
         // Well within the heartbeat interval.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         for node in cluster.nodes.iter().flatten() {
@@ -356,6 +362,10 @@ async fn followers_learn_of_the_last_commit_without_a_heartbeat() {
                 node.core.id
             );
         }
+        if sent_late() > 0 {
+            break;
+        }
     }
+    assert!(sent_late() > 0, "no commit was kept back and sent late");
     cluster.shutdown().await;
 }

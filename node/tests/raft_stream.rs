@@ -130,8 +130,17 @@ struct TestPeer {
     streams: Arc<AtomicUsize>,
     /// AppendEntries sent as calls.
     calls: Arc<AtomicUsize>,
-    /// The AppendEntries a `Follower` was sent, in order.
-    received: Arc<Mutex<Vec<AppendEntriesRequest<TypeConfig>>>>,
+    /// What a `Follower` was sent.
+    received: Arc<Mutex<Received>>,
+}
+
+/// What a `Follower` test peer was sent.
+#[derive(Default)]
+struct Received {
+    /// Every AppendEntries, in order.
+    requests: Vec<AppendEntriesRequest<TypeConfig>>,
+    /// The last entry it took (from requests it answered with success).
+    held: u64,
 }
 
 impl TestPeer {
@@ -142,16 +151,18 @@ impl TestPeer {
         }
         let request: AppendEntriesRequest<TypeConfig> = decode(&message?.data).unwrap();
         let mut received = self.received.lock().unwrap();
-        let holds = received
-            .iter()
-            .flat_map(|r| r.entries.last().map(|e| e.log_id.index))
-            .max();
-        let reply: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-            Ok(match request.prev_log_id {
-                Some(prev) if Some(prev.index) > holds => AppendEntriesResponse::Conflict,
-                _ => AppendEntriesResponse::Success,
-            });
-        received.push(request);
+        let follows = request
+            .prev_log_id
+            .is_none_or(|prev| prev.index <= received.held);
+        if follows && let Some(last) = request.entries.last() {
+            received.held = received.held.max(last.log_id.index);
+        }
+        let reply: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = Ok(if follows {
+            AppendEntriesResponse::Success
+        } else {
+            AppendEntriesResponse::Conflict
+        });
+        received.requests.push(request);
         Ok(RaftMessage {
             data: encode(&reply).unwrap(),
         })
@@ -612,6 +623,7 @@ async fn a_commit_answered_by_the_leader_still_reaches_the_follower_and_probes_a
         peer.received
             .lock()
             .unwrap()
+            .requests
             .iter()
             .filter(|r| r.entries.is_empty() && r.leader_commit.map(|c| c.index) == Some(commit))
             .count()
