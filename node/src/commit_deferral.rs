@@ -7,14 +7,15 @@
 //! take, handle and answer, and which holds that follower's replication
 //! (one request at a time) when the next write's entries are ready. The
 //! next write's entries carry the commit anyway. So when a follower has
-//! just answered this leader, and writes come less than [`DEFER`] apart,
+//! just answered this leader, and writes come at most [`DEFER`] apart,
 //! such a request is answered here, for the follower, and kept back for
 //! [`DEFER`]: if entries go to the follower in that time they carry the
 //! commit and the request is dropped; if not, it is sent then, so a
 //! follower learns of a commit at most that much later. Writes further
 //! apart gain nothing from it and their commits are sent at once. A
 //! regular heartbeat with nothing new for a follower that answered within
-//! [`FRESH`] is answered here too.
+//! [`FRESH`] (less under short Raft timings: [`fresh_for`]) is answered
+//! here too.
 //!
 //! What an answer given here claims is only what the follower already
 //! answered:
@@ -23,12 +24,15 @@
 //!   for where the follower's log matches (whose answer decides what is
 //!   replicated and committed) never has that, and is always sent.
 //! - openraft takes any answer as the follower's word that this leader is
-//!   still its leader, at the time the request was made (its leader clock,
-//!   which extends its lease against vote requests). The follower said so
-//!   at most [`FRESH`] earlier, which is what this can overstate that
-//!   clock by; Raft's safety does not rest on it, and linearizable reads
-//!   do not use it (openraft sends them a round of their own, on a
-//!   connection of its own, which never defers: see `network.rs`).
+//!   still its leader, at the time the request was made (its leader
+//!   clock). The follower said so at most [`FRESH`] earlier, which is what
+//!   this can overstate that clock by. In openraft 0.9 the clock feeds
+//!   only the `millis_since_quorum_ack` metric, which the node compares
+//!   with the election timeout (seconds) for `/health` and to refuse
+//!   writes without a quorum. Raft's safety does not rest on it, and
+//!   linearizable reads do not use it (openraft sends them a round of
+//!   their own, on a connection of its own, which never defers: see
+//!   `network.rs`).
 //!
 //! Measured (`docs/benchmarks.md`, "What each change bought"): one writer
 //! on three nodes, a request fewer per write on each follower.
@@ -138,10 +142,15 @@ pub struct FollowerState {
     last: Option<Ack>,
     /// A request kept back.
     pending: Option<Pending>,
-    /// The last request sent to the follower failed or was refused, on the
-    /// stream or from the sender: nothing is answered here until the
-    /// follower answers again.
-    failed: bool,
+    /// When the latest request to the follower that got no success was
+    /// made (failed, refused, or dropped unanswered; on the connection or
+    /// from the sender): nothing is answered here until a request made
+    /// after it succeeds.
+    failed_at: Option<Instant>,
+    /// When the connection's request now out was made. Still set at the
+    /// next offer if openraft dropped that request unanswered (at its own
+    /// timeout), which then counts as a failure.
+    in_flight: Option<Instant>,
     /// When the last request with entries was made.
     entries_at: Option<Instant>,
     /// The time between the last two requests with entries. A commit is
@@ -154,12 +163,15 @@ pub struct FollowerState {
 }
 
 /// How recent a follower's answer must be for a request to be answered
-/// for it, under an election timeout of at least `election_timeout_min`:
-/// [`FRESH`], or a quarter of that timeout if that is less, so that a
-/// follower under short test timings still hears from its leader well
-/// before it would stand for election.
-pub fn fresh_for(election_timeout_min: Duration) -> Duration {
-    FRESH.min(election_timeout_min / 4)
+/// for it, under an election timeout of at least `election_timeout_min`
+/// and heartbeats every `heartbeat_interval`: [`FRESH`], or less under
+/// short timings, so that a follower, which may go that long and a
+/// heartbeat interval more without a request, still hears from its leader
+/// well before it would stand for election.
+pub fn fresh_for(election_timeout_min: Duration, heartbeat_interval: Duration) -> Duration {
+    FRESH
+        .min(election_timeout_min / 4)
+        .min(election_timeout_min.saturating_sub(heartbeat_interval) / 2)
 }
 
 impl FollowerState {
@@ -169,14 +181,32 @@ impl FollowerState {
             fresh,
             last: None,
             pending: None,
-            failed: false,
+            failed_at: None,
+            in_flight: None,
             entries_at: None,
             entries_gap: None,
         }
     }
 
-    /// Decides what to do with `rpc`, made at `now`.
+    /// Decides what to do with `rpc`, made at `now` on the connection.
     pub fn offer(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+        now: Instant,
+    ) -> Offer {
+        if let Some(dropped) = self.in_flight.take() {
+            self.failed(dropped);
+        }
+        let offer = self.decide(rpc, ttl, now);
+        if matches!(offer, Offer::Send(_)) {
+            self.in_flight = Some(now);
+        }
+        offer
+    }
+
+    /// `offer`'s decision.
+    fn decide(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         ttl: Duration,
@@ -187,11 +217,11 @@ impl FollowerState {
             self.entries_at = Some(now);
         }
         let answerable = rpc.entries.is_empty()
-            && !self.failed
             && self.last.as_ref().is_some_and(|last| {
                 last.vote == rpc.vote
                     && last.matched == rpc.prev_log_id
                     && now.saturating_duration_since(last.sent_at) <= self.fresh
+                    && self.failed_at.is_none_or(|failed| last.sent_at > failed)
             });
         let told = self.last.as_ref().and_then(|last| last.commit);
         if !answerable {
@@ -234,7 +264,6 @@ impl FollowerState {
 
     /// The follower answered a request with success.
     pub fn acked(&mut self, ack: Ack) {
-        self.failed = false;
         match &mut self.last {
             // Under one vote the follower's log only grows and the commit
             // only advances, so answers that cross merge.
@@ -247,18 +276,27 @@ impl FollowerState {
         }
     }
 
-    /// A request sent to the follower got no success.
-    pub fn failed(&mut self) {
-        self.failed = true;
+    /// A request made at `at` got no success.
+    pub fn failed(&mut self, at: Instant) {
+        self.failed_at = self.failed_at.max(Some(at));
     }
 
-    /// Records the follower's answer to a request sent to it: `ack` is what
-    /// a success would confirm, `answer` the follower's answer, if any.
+    /// Records the follower's answer to a request the sender sent: `ack` is
+    /// what a success would confirm, `answer` the follower's answer, if
+    /// any.
     pub fn answered(&mut self, ack: Ack, answer: Option<&AppendEntriesResponse<NodeId>>) {
+        let at = ack.sent_at;
         match answer.and_then(|answer| ack.confirmed(answer)) {
             Some(ack) => self.acked(ack),
-            None => self.failed(),
+            None => self.failed(at),
         }
+    }
+
+    /// Records the follower's answer to the connection's request now out
+    /// (see [`FollowerState::answered`]).
+    pub fn replied(&mut self, ack: Ack, answer: Option<&AppendEntriesResponse<NodeId>>) {
+        self.in_flight = None;
+        self.answered(ack, answer);
     }
 
     /// When the request kept back is due, if one is.
@@ -358,10 +396,10 @@ impl Deferral {
         }
     }
 
-    /// Records the follower's answer to a request sent to it on the
-    /// connection (see [`FollowerState::answered`]).
-    pub fn answered(&self, ack: Ack, answer: Option<&AppendEntriesResponse<NodeId>>) {
-        self.shared.with(|s| s.answered(ack, answer));
+    /// Records the follower's answer to the request the connection sent
+    /// (see [`FollowerState::replied`]).
+    pub fn replied(&self, ack: Ack, answer: Option<&AppendEntriesResponse<NodeId>>) {
+        self.shared.with(|s| s.replied(ack, answer));
     }
 
     /// Whether no sender runs.
@@ -455,7 +493,7 @@ mod tests {
         for (prev, at) in [(3, t - gap), (4, t)] {
             let rpc = request(prev, prev + 1, 4);
             assert!(matches!(told.offer(rpc.clone(), TTL, at), Offer::Send(_)));
-            told.acked(Ack::of(&rpc, at));
+            told.replied(Ack::of(&rpc, at), Some(&AppendEntriesResponse::Success));
         }
         told
     }
@@ -481,37 +519,66 @@ mod tests {
 
     #[test]
     fn fresh_is_shorter_under_short_election_timeouts() {
-        assert_eq!(fresh_for(Duration::from_secs(1)), FRESH);
-        assert_eq!(
-            fresh_for(Duration::from_millis(40)),
-            Duration::from_millis(10)
-        );
+        let ms = Duration::from_millis;
+        assert_eq!(fresh_for(ms(1500), ms(250)), FRESH);
+        assert_eq!(fresh_for(ms(40), ms(5)), ms(10));
+        // Heartbeats close to the election timeout leave less room.
+        assert_eq!(fresh_for(ms(450), ms(400)), ms(25));
     }
 
     #[test]
     fn a_failure_on_the_connection_stops_answers_here() {
         let t = Instant::now();
+        let ms = Duration::from_millis;
         let mut told = answered_at(t);
-        told.answered(Ack::of(&request(5, 6, 4), t), None);
+        // Entries sent at t + 1 ms fail.
+        let sent = told.offer(request(5, 6, 4), TTL, t + ms(1));
+        assert!(matches!(sent, Offer::Send(_)));
+        told.replied(Ack::of(&request(5, 6, 4), t + ms(1)), None);
         assert!(matches!(
-            told.offer(request(5, 5, 4), TTL, t),
+            told.offer(request(5, 5, 4), TTL, t + ms(2)),
             Offer::Send(_)
         ));
-        told.answered(
-            Ack::of(&request(5, 5, 4), t),
+        // A refusal is no success either.
+        told.replied(
+            Ack::of(&request(5, 5, 4), t + ms(2)),
             Some(&AppendEntriesResponse::Conflict),
         );
         assert!(matches!(
-            told.offer(request(5, 5, 4), TTL, t),
+            told.offer(request(5, 5, 4), TTL, t + ms(3)),
             Offer::Send(_)
         ));
+        // The sender's older request succeeding does not undo that.
         told.answered(
-            Ack::of(&request(5, 5, 4), t),
+            Ack::of(&request(5, 5, 4), t + ms(1)),
             Some(&AppendEntriesResponse::Success),
         );
+        told.replied(
+            Ack::of(&request(5, 5, 4), t + ms(3)),
+            Some(&AppendEntriesResponse::Success),
+        );
+        // A success of a later request does.
         assert!(matches!(
-            told.offer(request(5, 5, 4), TTL, t),
+            told.offer(request(5, 5, 4), TTL, t + ms(4)),
             Offer::Answered
+        ));
+    }
+
+    #[test]
+    fn a_request_openraft_dropped_unanswered_counts_as_failed() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut told = answered_at(t);
+        // Entries sent at t + 1 ms, and never answered: openraft gave up
+        // on them at its own timeout.
+        assert!(matches!(
+            told.offer(request(5, 6, 4), TTL, t + ms(1)),
+            Offer::Send(_)
+        ));
+        // A heartbeat the follower's answer at t would cover otherwise.
+        assert!(matches!(
+            told.offer(request(5, 5, 4), TTL, t + ms(2)),
+            Offer::Send(_)
         ));
     }
 
@@ -532,7 +599,7 @@ mod tests {
             async { Some(AppendEntriesResponse::Success) }
         });
         assert!(!deferral.needs_sender());
-        tokio::time::sleep(DEFER - Duration::from_micros(1)).await;
+        tokio::time::sleep(DEFER - Duration::from_millis(1)).await;
         assert!(received.try_recv().is_err(), "sent before it was due");
         let rpc = tokio::time::timeout(Duration::from_secs(1), received.recv())
             .await
@@ -572,9 +639,13 @@ mod tests {
             told.offer(request(5, 5, 5), TTL, t),
             Offer::Send(_)
         ));
+        told.replied(
+            Ack::of(&request(5, 5, 5), t),
+            Some(&AppendEntriesResponse::Success),
+        );
         // A heartbeat with nothing new is still answered here.
         assert!(matches!(
-            told.offer(request(5, 5, 4), TTL, t),
+            told.offer(request(5, 5, 5), TTL, t),
             Offer::Answered
         ));
     }
@@ -691,17 +762,21 @@ mod tests {
     #[test]
     fn after_a_failed_send_nothing_is_answered_here_until_the_follower_answers() {
         let t = Instant::now();
+        let later = t + DEFER + Duration::from_millis(1);
         let mut told = answered_at(t);
         told.offer(request(5, 5, 5), TTL, t);
         let pending = told.take_due(t + DEFER).unwrap();
-        told.failed();
+        told.answered(Ack::of(&pending.request, t + DEFER), None);
         assert!(matches!(
-            told.offer(pending.request, TTL, t + DEFER),
+            told.offer(pending.request, TTL, later),
             Offer::Send(_)
         ));
-        told.acked(Ack::of(&request(5, 5, 5), t + DEFER));
+        told.replied(
+            Ack::of(&request(5, 5, 5), later),
+            Some(&AppendEntriesResponse::Success),
+        );
         assert!(matches!(
-            told.offer(request(5, 5, 5), TTL, t + DEFER),
+            told.offer(request(5, 5, 5), TTL, later),
             Offer::Answered
         ));
     }

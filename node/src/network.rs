@@ -383,7 +383,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         }
         let ack = Ack::of(&rpc, tokio::time::Instant::now());
         let result = self.send_append_entries(replicating, &rpc, ttl).await;
-        self.deferral.answered(ack, result.as_ref().ok());
+        self.deferral.replied(ack, result.as_ref().ok());
         result
     }
 

@@ -354,7 +354,10 @@ impl Node {
                 Network {
                     local_ip,
                     sync: log_sync.clone(),
-                    fresh: commit_deferral::fresh_for(config.raft.election_timeout_min),
+                    fresh: commit_deferral::fresh_for(
+                        config.raft.election_timeout_min,
+                        config.raft.heartbeat_interval,
+                    ),
                     commits: commits.clone(),
                 },
                 log_store,
