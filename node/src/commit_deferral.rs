@@ -340,18 +340,6 @@ impl Shared {
     }
 }
 
-/// What [`Deferral::offer`] decided.
-#[derive(Debug)]
-pub enum Offered {
-    /// Send it.
-    Send(AppendEntriesRequest<TypeConfig>),
-    /// Answer `Success`; nothing to send.
-    Answered,
-    /// Answer `Success`; it is kept back, and a sender must run (see
-    /// [`Deferral::needs_sender`]).
-    KeptBack,
-}
-
 /// One connection's [`FollowerState`] and the task that sends what it
 /// keeps back.
 #[derive(Debug)]
@@ -381,19 +369,17 @@ impl Deferral {
         }
     }
 
-    /// Decides what to do with `rpc`, made now.
-    pub fn offer(&mut self, rpc: AppendEntriesRequest<TypeConfig>, ttl: Duration) -> Offered {
-        match self.shared.with(|s| s.offer(rpc, ttl, Instant::now())) {
-            Offer::Send(rpc) => Offered::Send(rpc),
-            Offer::Answered => Offered::Answered,
-            Offer::Deferred { first } => {
-                self.counters.kept_back();
-                if first {
-                    self.shared.wake.notify_one();
-                }
-                Offered::KeptBack
+    /// Decides what to do with `rpc`, made now. After `Deferred`, a sender
+    /// must run (see [`Deferral::needs_sender`]).
+    pub fn offer(&mut self, rpc: AppendEntriesRequest<TypeConfig>, ttl: Duration) -> Offer {
+        let offer = self.shared.with(|s| s.offer(rpc, ttl, Instant::now()));
+        if let Offer::Deferred { first } = offer {
+            self.counters.kept_back();
+            if first {
+                self.shared.wake.notify_one();
             }
         }
+        offer
     }
 
     /// Records the follower's answer to the request the connection sent
@@ -590,7 +576,7 @@ mod tests {
         deferral.shared.with(|s| *s = answered_at(t));
         assert!(matches!(
             deferral.offer(request(5, 5, 5), TTL),
-            Offered::KeptBack
+            Offer::Deferred { .. }
         ));
         assert!(deferral.needs_sender());
         let (sent, mut received) = tokio::sync::mpsc::unbounded_channel();
@@ -610,12 +596,12 @@ mod tests {
         // The follower's answer is recorded: it was told commit 5.
         assert!(matches!(
             deferral.offer(request(5, 5, 5), TTL),
-            Offered::Answered
+            Offer::Answered
         ));
         // A second commit kept back wakes the sender again.
         assert!(matches!(
             deferral.offer(request(5, 5, 6), TTL),
-            Offered::KeptBack
+            Offer::Deferred { .. }
         ));
         let rpc = tokio::time::timeout(Duration::from_secs(1), received.recv())
             .await

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::commit_deferral::{self, Ack, Deferral, Offered};
+use crate::commit_deferral::{self, Ack, Deferral, Offer};
 use crate::connections::connect_internal;
 use crate::counters::CommitCounters;
 
@@ -367,9 +367,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         self.used = true;
         if replicating && let Some(client) = &self.client {
             match self.deferral.offer(rpc, ttl) {
-                Offered::Send(to_send) => rpc = to_send,
-                Offered::Answered => return Ok(AppendEntriesResponse::Success),
-                Offered::KeptBack => {
+                Offer::Send(to_send) => rpc = to_send,
+                Offer::Answered => return Ok(AppendEntriesResponse::Success),
+                Offer::Deferred { .. } => {
                     if self.deferral.needs_sender() {
                         let (client, peer) = (client.clone(), self.peer.clone());
                         self.deferral.start_sender(move |rpc, ttl| {
