@@ -479,9 +479,15 @@ mod tests {
         for (prev, at) in [(3, t - gap), (4, t)] {
             let rpc = request(prev, prev + 1, 4);
             assert!(matches!(told.offer(rpc.clone(), TTL, at), Offer::Send(_)));
-            told.replied(Ack::of(&rpc, at), Some(&AppendEntriesResponse::Success));
+            succeeded(&mut told, &rpc, at);
         }
         told
+    }
+
+    /// The follower answered `rpc`, the connection's request made at `at`,
+    /// with success.
+    fn succeeded(told: &mut FollowerState, rpc: &AppendEntriesRequest<TypeConfig>, at: Instant) {
+        told.replied(Ack::of(rpc, at), Some(&AppendEntriesResponse::Success));
     }
 
     /// `told` after writes a millisecond apart.
@@ -530,19 +536,17 @@ mod tests {
             Ack::of(&request(5, 5, 4), t + ms(2)),
             Some(&AppendEntriesResponse::Conflict),
         );
-        assert!(matches!(
-            told.offer(request(5, 5, 4), TTL, t + ms(3)),
-            Offer::Send(_)
-        ));
-        // The sender's older request succeeding does not undo that.
+        // The sender's request made before the refusal succeeding does not
+        // undo that.
         told.answered(
             Ack::of(&request(5, 5, 4), t + ms(1)),
             Some(&AppendEntriesResponse::Success),
         );
-        told.replied(
-            Ack::of(&request(5, 5, 4), t + ms(3)),
-            Some(&AppendEntriesResponse::Success),
-        );
+        assert!(matches!(
+            told.offer(request(5, 5, 4), TTL, t + ms(3)),
+            Offer::Send(_)
+        ));
+        succeeded(&mut told, &request(5, 5, 4), t + ms(3));
         // A success of a later request does.
         assert!(matches!(
             told.offer(request(5, 5, 4), TTL, t + ms(4)),
@@ -625,10 +629,7 @@ mod tests {
             told.offer(request(5, 5, 5), TTL, t),
             Offer::Send(_)
         ));
-        told.replied(
-            Ack::of(&request(5, 5, 5), t),
-            Some(&AppendEntriesResponse::Success),
-        );
+        succeeded(&mut told, &request(5, 5, 5), t);
         // A heartbeat with nothing new is still answered here.
         assert!(matches!(
             told.offer(request(5, 5, 5), TTL, t),
@@ -757,10 +758,7 @@ mod tests {
             told.offer(pending.request, TTL, later),
             Offer::Send(_)
         ));
-        told.replied(
-            Ack::of(&request(5, 5, 5), later),
-            Some(&AppendEntriesResponse::Success),
-        );
+        succeeded(&mut told, &request(5, 5, 5), later);
         assert!(matches!(
             told.offer(request(5, 5, 5), TTL, later),
             Offer::Answered

@@ -109,10 +109,8 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
         ),
     ];
     let mut out = String::new();
-    for (name, help, value) in gauges {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-        ));
+    for gauge in gauges {
+        push_metric(&mut out, "gauge", gauge);
     }
     let (unary, session_stream) = core.writes.get();
     let name = "fuddle_writes_received_total";
@@ -121,7 +119,7 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
          {name}{{via=\"unary\"}} {unary}\n{name}{{via=\"session_stream\"}} {session_stream}\n"
     ));
     let (kept_back, sent_late) = core.commits.get();
-    for (name, help, value) in [
+    for counter in [
         (
             "fuddle_raft_commits_kept_back_total",
             "Commit-only AppendEntries this node, as leader, answered itself and kept back for entries to carry.",
@@ -133,11 +131,16 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
             sent_late,
         ),
     ] {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        ));
+        push_metric(&mut out, "counter", counter);
     }
     out
+}
+
+/// Appends one metric without labels, of `kind` (`gauge` or `counter`).
+fn push_metric(out: &mut String, kind: &str, (name, help, value): (&str, &str, u64)) {
+    out.push_str(&format!(
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+    ));
 }
 
 #[derive(Deserialize)]

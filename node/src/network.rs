@@ -198,6 +198,12 @@ fn status_error<E: std::error::Error>(status: tonic::Status) -> RpcError<E> {
 }
 
 impl Peer {
+    /// Why a connection to this peer has no client: its address could not
+    /// be dialled.
+    fn bad_address(&self) -> String {
+        format!("bad address {:?}", self.node.addr)
+    }
+
     /// A request to this peer, marked with its node id.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
@@ -264,7 +270,7 @@ fn dialled<'a, E: std::error::Error>(
     peer: &Peer,
 ) -> Result<&'a mut RaftClient<Channel>, RpcError<E>> {
     client.as_mut().ok_or_else(|| {
-        let e = std::io::Error::other(format!("bad address {:?}", peer.node.addr));
+        let e = std::io::Error::other(peer.bad_address());
         RPCError::Unreachable(Unreachable::new(&e))
     })
 }
@@ -325,9 +331,10 @@ impl Connection {
             .try_send(first)
             .expect("a new channel has room for one");
         let request = self.peer.request(ReceiverStream::new(receiver));
-        let client = self.client.as_mut().ok_or_else(|| {
-            tonic::Status::unavailable(format!("bad address {:?}", self.peer.node.addr))
-        })?;
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| tonic::Status::unavailable(self.peer.bad_address()))?;
         let replies = client.append_entries_stream(request).await?.into_inner();
         Ok(AppendStream { requests, replies })
     }
