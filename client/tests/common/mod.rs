@@ -157,8 +157,8 @@ impl Cluster {
         cluster
     }
 
-    /// Waits until every running node knows the same leader and all
-    /// started nodes are voters.
+    /// Waits until every running node knows the same leader, has applied
+    /// an entry, and all started nodes are voters.
     async fn ready(&self) {
         let n = self.addrs.len();
         let mut clients = Vec::new();
@@ -178,7 +178,14 @@ impl Cluster {
                         return false;
                     };
                     let voters = status.nodes.iter().filter(|n| n.voter).count();
-                    if status.leader == 0 || voters != n {
+                    // A node elected a moment ago may not have applied
+                    // its term's first entry yet, and would answer a
+                    // stale read with index 0.
+                    let applied = status
+                        .nodes
+                        .iter()
+                        .any(|n| n.liveness == "self" && n.applied_index > 0);
+                    if status.leader == 0 || voters != n || !applied {
                         return false;
                     }
                     leaders.push(status.leader);
