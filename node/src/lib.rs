@@ -4,6 +4,7 @@
 //! [`Node::start`] is the one entry point; `main.rs` only turns the command
 //! line into a [`Config`].
 
+pub mod alone;
 pub mod commit_deferral;
 pub mod config;
 pub mod connections;

@@ -29,7 +29,7 @@ use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
 use crate::registry_service::RegistryService;
 use crate::sessions::{self, Heartbeats, SessionClock};
-use crate::{commit_deferral, held_commits, http, membership, memory, snapshots};
+use crate::{alone, commit_deferral, held_commits, http, membership, memory, snapshots};
 
 /// How often a running node looks whether Raft has stopped (a storage
 /// failure, say), to exit saying why.
@@ -333,6 +333,7 @@ impl Node {
         // openraft's metrics, which start at zero until Raft has loaded.
         let mut log_store = log_store;
         let log_sync = log_store.sync();
+        let alone = log_store.alone();
         let stepped_down = log_store.stepped_down();
         let startup_term = log_store
             .read_vote()
@@ -441,6 +442,7 @@ impl Node {
         }
         tasks.spawn(memory::run_trimmer(shutdown.clone()));
         tasks.spawn(held_commits::run(raft.clone(), log_sync, shutdown.clone()));
+        tasks.spawn(alone::run(raft.clone(), alone, shutdown.clone()));
         tasks.spawn(snapshots::run_trigger(
             raft.clone(),
             sm_handle,

@@ -26,6 +26,7 @@ pub mod session;
 mod snapshot_files;
 pub mod state;
 pub mod state_machine;
+mod sync_place;
 pub mod types;
 
 #[cfg(test)]
@@ -39,7 +40,7 @@ pub use data_dir::{DataDir, OpenError};
 pub use feed::{AppliedEntry, EncodeCache, FeedConfig, FeedItem};
 pub use filter::Filter;
 pub use limits::{InvalidField, Limits};
-pub use log_store::LogStore;
+pub use log_store::{Alone, LogStore};
 pub use log_sync::LogSync;
 pub use member::{Member, MemberSpec, MemberStatus};
 pub use metadata::Metadata;

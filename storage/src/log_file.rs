@@ -114,6 +114,9 @@ struct SyncsState {
     /// Makes the next sync fail, for tests.
     #[cfg(test)]
     fail_next: bool,
+    /// Makes the next syncs slow, by how much, for tests: (how many, delay).
+    #[cfg(test)]
+    slow_next: (u32, std::time::Duration),
     /// How many syncs were asked for, for tests.
     #[cfg(test)]
     calls: u64,
@@ -133,6 +136,11 @@ impl Syncs {
             )));
         }
         #[cfg(test)]
+        if state.slow_next.0 > 0 {
+            state.slow_next.0 -= 1;
+            std::thread::sleep(state.slow_next.1);
+        }
+        #[cfg(test)]
         let synced = if std::mem::take(&mut state.fail_next) {
             Err(io::Error::other("a sync failed (planted by a test)"))
         } else {
@@ -149,6 +157,15 @@ impl Syncs {
             state.failed = Some(failed.clone());
             io::Error::new(e.kind(), failed)
         })
+    }
+
+    /// Makes the next `count` syncs take `delay` longer, as on a slow disk.
+    #[cfg(test)]
+    pub(crate) fn slow_next(&self, count: u32, delay: std::time::Duration) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .slow_next = (count, delay);
     }
 
     /// Makes the next sync fail.

@@ -5,7 +5,9 @@
 //! An append is one write and one `fdatasync` on the calling thread before
 //! openraft is told it is on disk: openraft hands over every entry it has
 //! ready in one call, so many client writes share one sync (group commit).
-//! A leader's own appends are the exception: they are reported once
+//! The sync runs on the Raft worker itself while syncs are quick, else
+//! handed off (`crate::sync_place`). A leader's own appends are the
+//! exception, unless it is alone in its membership: they are reported once
 //! written, and synced by a thread of their own while openraft replicates
 //! them (`crate::log_sync`, which says what keeps that safe).
 //! The entries appended last also stay decoded (`crate::recent`), so that
@@ -22,6 +24,7 @@ use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError, Vote};
@@ -32,6 +35,7 @@ use crate::durable_snapshot::DurableSnapshot;
 use crate::log_file::LogFile;
 use crate::log_sync::{LogSync, Syncer};
 use crate::recent::Recent;
+use crate::sync_place::{self, SyncPlace};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 /// The data dir's folder of log segments.
@@ -73,6 +77,24 @@ pub struct LogStore {
     leading: Arc<AtomicBool>,
     /// Whether opening stepped the node down (see `stepped_down`).
     stepped_down: bool,
+    /// Whether this node's membership holds no other node (see
+    /// `alone`), set by the node.
+    alone: Arc<AtomicBool>,
+    /// Where the appends synced before they are reported run their sync
+    /// (see `sync_place`).
+    place: Arc<SyncPlace>,
+}
+
+/// Tells a log store whether its node is alone in its membership (see
+/// `LogStore::alone`).
+#[derive(Debug, Clone)]
+pub struct Alone(Arc<AtomicBool>);
+
+impl Alone {
+    /// Sets whether the node's membership holds no other node.
+    pub fn set(&self, alone: bool) {
+        self.0.store(alone, Ordering::Release);
+    }
 }
 
 fn io_err(
@@ -166,6 +188,8 @@ impl LogStore {
             own: None,
             leading: Arc::default(),
             stepped_down: false,
+            alone: Arc::default(),
+            place: Arc::default(),
         })
     }
 
@@ -201,6 +225,16 @@ impl LogStore {
             self.stepped_down = true;
         }
         Ok(self)
+    }
+
+    /// A handle to tell this store whether its node is alone in its
+    /// membership. A leader with no other node has nobody to replicate to
+    /// while its own appends are synced (see `log_sync`), so it syncs
+    /// them before reporting them, which spares the hand-off to the sync
+    /// thread and back. Either way is safe at any moment; the node sets it
+    /// from openraft's metrics, a little late after a membership change.
+    pub fn alone(&self) -> Alone {
+        Alone(Arc::clone(&self.alone))
     }
 
     /// Whether opening stepped this node down from leading the term of its
@@ -261,6 +295,12 @@ impl LogStore {
         self
     }
 
+    /// Makes the log's next `count` syncs take `delay` longer.
+    #[cfg(test)]
+    pub(crate) fn slow_next_syncs(&self, count: u32, delay: std::time::Duration) {
+        self.file().syncs().slow_next(count, delay);
+    }
+
     /// Makes the log's next sync fail.
     #[cfg(test)]
     pub(crate) fn fail_next_sync(&self) {
@@ -297,8 +337,17 @@ impl LogStore {
         &self,
         write: impl FnOnce(&mut LogFile) -> io::Result<Arc<File>> + Send + 'static,
     ) -> io::Result<()> {
-        let shared = Arc::clone(&self.file);
         let this_write = self.sync.count_write();
+        self.write_durably_counted(this_write, write).await
+    }
+
+    /// `write_durably` of a write already counted as `this_write`.
+    async fn write_durably_counted(
+        &self,
+        this_write: u64,
+        write: impl FnOnce(&mut LogFile) -> io::Result<Arc<File>> + Send + 'static,
+    ) -> io::Result<()> {
+        let shared = Arc::clone(&self.file);
         let done = crate::flush::blocking(move || {
             let (segment, syncs) = {
                 let mut file = lock(&shared);
@@ -308,6 +357,37 @@ impl LogStore {
         })
         .await
         .and_then(|done| done);
+        self.settle(this_write, done)
+    }
+
+    /// An append synced before it is reported (a follower's, or a lone
+    /// leader's): written and synced on the calling thread when it fits
+    /// in the active segment and the sync may run there (see
+    /// `sync_place`), else as blocking work.
+    async fn append_durably(
+        &self,
+        write: impl FnOnce(&mut LogFile) -> io::Result<Arc<File>> + Send + 'static,
+        (records, bytes): (usize, usize),
+    ) -> io::Result<()> {
+        let this_write = self.sync.count_write();
+        let here = self.place.on_worker(Instant::now()) && sync_place::beside_other_workers();
+        let written = {
+            let mut file = self.file();
+            if here && file.fits(records, bytes) {
+                Ok(write(&mut file).map(|segment| (segment, file.syncs())))
+            } else {
+                Err(write)
+            }
+        };
+        let done = match written {
+            Ok(written) => written.and_then(|(segment, syncs)| {
+                let started = Instant::now();
+                let synced = syncs.sync(&segment);
+                self.place.took(started, Instant::now());
+                synced.inspect_err(|e| self.file().fail(e))
+            }),
+            Err(write) => return self.write_durably_counted(this_write, write).await,
+        };
         self.settle(this_write, done)
     }
 
@@ -585,12 +665,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             Ok(segment)
         };
-        let written = if self.leading.load(Ordering::Acquire) {
+        let written = if self.leading.load(Ordering::Acquire) && !self.alone.load(Ordering::Acquire)
+        {
             self.write_own(write, size, first, last).await
         } else {
             // Only data on disk may be reported durable: an acknowledged
-            // write must survive a crash.
-            self.write_durably(write).await
+            // write must survive a crash. A lone leader has no followers
+            // to replicate to while it syncs, so reporting early would
+            // only add the sync thread's hand-off.
+            self.append_durably(write, size).await
         };
         match written {
             Ok(()) => {

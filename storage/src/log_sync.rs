@@ -40,7 +40,8 @@
 //! (`LogSync::held_back_durable`, which the node answers with a heartbeat),
 //! so an idle follower does not wait for the next write to learn it.
 //!
-//! Everything else the log writes (a follower's appends, votes,
+//! Everything else the log writes (a follower's appends, a leader's when
+//! it is alone in its membership and has nobody to replicate to, votes,
 //! truncations, purges) is synced before it is reported, as before; such a
 //! sync makes durable every write before it, the leader's own included.
 

@@ -1619,6 +1619,75 @@ async fn appends_of_another_leader_or_a_candidate_are_synced_before_they_are_rep
 }
 
 #[tokio::test]
+async fn a_lone_leader_syncs_its_appends_before_reporting_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dir, mut log, _sm, sync) = open_as_leader(tmp.path()).await;
+    let entries = script();
+    // The sync thread is held: only a sync before the report makes an
+    // append durable.
+    let _held = sync.hold.hold();
+    let alone = log.alone();
+    alone.set(true);
+    log.blocking_append(entries[..3].to_vec()).await.unwrap();
+    assert!(sync.all_durable(), "alone: synced before it is reported");
+    alone.set(false);
+    log.blocking_append(entries[3..].to_vec()).await.unwrap();
+    assert!(!sync.all_durable(), "with others: reported before its sync");
+    assert_eq!(all_entries(&mut log).await, entries);
+}
+
+/// Appends `entries` as a follower in a task of its own, with a task
+/// spawned from it just before (tokio keeps such a task in the worker's
+/// LIFO slot, which no other worker takes): returns when that task ran and
+/// when the append was reported, both measured from a common start.
+async fn append_beside_a_task(
+    log: LogStore,
+    entries: Vec<Entry>,
+) -> (std::time::Duration, std::time::Duration) {
+    let start = std::time::Instant::now();
+    tokio::spawn(async move {
+        let mut log = log;
+        let beside = tokio::spawn(async move { start.elapsed() });
+        log.blocking_append(entries).await.unwrap();
+        let appended = start.elapsed();
+        (beside.await.unwrap(), appended)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_sync_runs_on_its_worker_until_one_is_slow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dir, mut log, _sm) = open_as_node_1(tmp.path());
+    let sync = log.sync();
+    log.save_vote(&Vote::new_committed(1, 2)).await.unwrap();
+    let entries = script();
+
+    // A slow sync on the worker: the task beside it waits, since the
+    // worker does not hand its scheduler over.
+    log.slow_next_syncs(1, crate::sync_place::SLOW_SYNC * 5);
+    let (beside, appended) = append_beside_a_task(log.clone(), entries[..2].to_vec()).await;
+    assert!(sync.all_durable(), "a follower's append is synced first");
+    assert!(
+        beside > appended,
+        "the sync ran on the worker: its LIFO task ran after it ({beside:?}, {appended:?})"
+    );
+
+    // After it, syncs are handed off: the task beside the next one runs
+    // during it.
+    log.slow_next_syncs(1, crate::sync_place::SLOW_SYNC * 5);
+    let (beside, appended) = append_beside_a_task(log.clone(), entries[2..4].to_vec()).await;
+    assert!(sync.all_durable());
+    assert!(
+        beside < appended,
+        "after a slow sync the next is handed off: the task beside it ran during it \
+         ({beside:?}, {appended:?})"
+    );
+    assert_eq!(all_entries(&mut log).await, entries[..4]);
+}
+
+#[tokio::test]
 async fn a_leader_reopened_stands_down_to_a_candidate_of_its_term_and_keeps_its_log() {
     let tmp = tempfile::tempdir().unwrap();
     let entries = script();
