@@ -2,11 +2,11 @@
 //! markers, in segment files of our own (`crate::log_file`, in the data
 //! dir's `raft-log/` folder).
 //!
-//! An append is one write and one `fdatasync` on the calling thread before
-//! openraft is told it is on disk: openraft hands over every entry it has
-//! ready in one call, so many client writes share one sync (group commit).
-//! The sync runs on the Raft worker itself while syncs are quick, else
-//! handed off (`crate::sync_place`). A leader's own appends are the
+//! An append is one write and one `fdatasync` before openraft is told it
+//! is on disk: openraft hands over every entry it has ready in one call,
+//! so many client writes share one sync (group commit). Both run on the
+//! Raft worker that appends while syncs are quick, else as blocking work
+//! (`crate::sync_place`). A leader's own appends are the
 //! exception, unless it is alone in its membership: they are reported once
 //! written, and synced by a thread of their own while openraft replicates
 //! them (`crate::log_sync`, which says what keeps that safe).
@@ -32,7 +32,7 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError,
 use crate::codec::{decode, encode, key_index};
 use crate::data_dir::DataDir;
 use crate::durable_snapshot::DurableSnapshot;
-use crate::log_file::LogFile;
+use crate::log_file::{LogFile, Syncs};
 use crate::log_sync::{LogSync, Syncer};
 use crate::recent::Recent;
 use crate::sync_place::{self, SyncPlace};
@@ -83,6 +83,16 @@ pub struct LogStore {
     /// Where the appends synced before they are reported run their sync
     /// (see `sync_place`).
     place: Arc<SyncPlace>,
+}
+
+/// Syncs `segment`, telling `place` how long it took: every sync the log
+/// store waits for counts, so that a slow disk keeps the next syncs off
+/// the workers (see `sync_place`).
+fn timed_sync(syncs: &Syncs, segment: &File, place: &SyncPlace) -> io::Result<()> {
+    let started = Instant::now();
+    let synced = syncs.sync(segment);
+    place.took(started, Instant::now());
+    synced
 }
 
 /// Tells a log store whether its node is alone in its membership (see
@@ -295,6 +305,13 @@ impl LogStore {
         self
     }
 
+    /// Until when syncs are handed off after a slow one (see
+    /// `sync_place`).
+    #[cfg(test)]
+    pub(crate) fn handed_off_until(&self) -> Option<Instant> {
+        self.place.handed_off_until()
+    }
+
     /// Makes the log's next `count` syncs take `delay` longer.
     #[cfg(test)]
     pub(crate) fn slow_next_syncs(&self, count: u32, delay: std::time::Duration) {
@@ -348,12 +365,13 @@ impl LogStore {
         write: impl FnOnce(&mut LogFile) -> io::Result<Arc<File>> + Send + 'static,
     ) -> io::Result<()> {
         let shared = Arc::clone(&self.file);
+        let place = Arc::clone(&self.place);
         let done = crate::flush::blocking(move || {
             let (segment, syncs) = {
                 let mut file = lock(&shared);
                 (write(&mut file)?, file.syncs())
             };
-            syncs.sync(&segment).inspect_err(|e| lock(&shared).fail(e))
+            timed_sync(&syncs, &segment, &place).inspect_err(|e| lock(&shared).fail(e))
         })
         .await
         .and_then(|done| done);
@@ -364,10 +382,15 @@ impl LogStore {
     /// leader's): written and synced on the calling thread when it fits
     /// in the active segment and the sync may run there (see
     /// `sync_place`), else as blocking work.
+    ///
+    /// `own` is the last entry when they are the leader's own: durable,
+    /// they count for the commits sent to followers (see
+    /// `LogSync::own_synced`).
     async fn append_durably(
         &self,
         write: impl FnOnce(&mut LogFile) -> io::Result<Arc<File>> + Send + 'static,
         (records, bytes): (usize, usize),
+        own: Option<LogId>,
     ) -> io::Result<()> {
         let this_write = self.sync.count_write();
         let here = self.place.on_worker(Instant::now()) && sync_place::beside_other_workers();
@@ -380,15 +403,18 @@ impl LogStore {
             }
         };
         let done = match written {
-            Ok(written) => written.and_then(|(segment, syncs)| {
-                let started = Instant::now();
-                let synced = syncs.sync(&segment);
-                self.place.took(started, Instant::now());
-                synced.inspect_err(|e| self.file().fail(e))
-            }),
-            Err(write) => return self.write_durably_counted(this_write, write).await,
+            Ok(written) => {
+                let done = written.and_then(|(segment, syncs)| {
+                    timed_sync(&syncs, &segment, &self.place).inspect_err(|e| self.file().fail(e))
+                });
+                self.settle(this_write, done)
+            }
+            Err(write) => self.write_durably_counted(this_write, write).await,
         };
-        self.settle(this_write, done)
+        if let (Ok(()), Some(last)) = (&done, own) {
+            self.sync.own_synced(last);
+        }
+        done
     }
 
     /// Settles the writes up to `write` once a sync made them durable, or
@@ -673,7 +699,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // write must survive a crash. A lone leader has no followers
             // to replicate to while it syncs, so reporting early would
             // only add the sync thread's hand-off.
-            self.append_durably(write, size).await
+            let own = self.leading.load(Ordering::Acquire).then_some(last);
+            self.append_durably(write, size, own).await
         };
         match written {
             Ok(()) => {

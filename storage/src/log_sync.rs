@@ -118,6 +118,15 @@ impl SyncState {
         }
     }
 
+    /// Records the leader's own entries up to `last`, synced before they
+    /// were reported (a lone leader's), as durable: a commit sent once
+    /// the leader is no longer alone may go as far as them.
+    fn own_synced(&mut self, last: LogId) {
+        if self.failed.is_none() && self.synced.is_none_or(|s| s < last) {
+            self.synced = Some(last);
+        }
+    }
+
     /// Whether the entry at `index` is durable in this node's log: no
     /// pending write holds it or an entry before it.
     fn is_durable(&self, index: u64) -> bool {
@@ -214,6 +223,14 @@ impl LogSync {
             let before = s.pending.len();
             s.synced_through(through);
             s.pending.len() != before
+        });
+    }
+
+    /// See `SyncState::own_synced`. Wakes nobody: nothing waits for it.
+    pub(crate) fn own_synced(&self, last: LogId) {
+        self.state.send_if_modified(|s| {
+            s.own_synced(last);
+            false
         });
     }
 
@@ -460,6 +477,20 @@ mod tests {
         s.synced_through(w);
         s.written(10, id(3, 10));
         assert_eq!(s.commit_to_send(Some(id(3, 10))), None);
+    }
+
+    #[test]
+    fn a_lone_leaders_appends_synced_first_count_for_the_commit_sent_later() {
+        let mut s = SyncState::default();
+        // Alone: synced before reported, never pending.
+        s.count_write();
+        s.own_synced(id(2, 5));
+        assert_eq!(s.synced, Some(id(2, 5)));
+        s.own_synced(id(2, 4));
+        assert_eq!(s.synced, Some(id(2, 5)), "never backwards");
+        // A follower joined: the next writes are reported early.
+        s.written(6, id(2, 6));
+        assert_eq!(s.commit_to_send(Some(id(2, 6))), Some(id(2, 5)));
     }
 
     #[tokio::test]

@@ -1660,15 +1660,15 @@ async fn append_beside_a_task(
 async fn a_followers_sync_runs_on_its_worker_until_one_is_slow() {
     let tmp = tempfile::tempdir().unwrap();
     let (_dir, mut log, _sm) = open_as_node_1(tmp.path());
-    let sync = log.sync();
     log.save_vote(&Vote::new_committed(1, 2)).await.unwrap();
     let entries = script();
 
     // A slow sync on the worker: the task beside it waits, since the
     // worker does not hand its scheduler over.
     log.slow_next_syncs(1, crate::sync_place::SLOW_SYNC * 5);
+    let calls = log.sync_calls();
     let (beside, appended) = append_beside_a_task(log.clone(), entries[..2].to_vec()).await;
-    assert!(sync.all_durable(), "a follower's append is synced first");
+    assert_eq!(log.sync_calls(), calls + 1, "synced before it is reported");
     assert!(
         beside > appended,
         "the sync ran on the worker: its LIFO task ran after it ({beside:?}, {appended:?})"
@@ -1678,13 +1678,23 @@ async fn a_followers_sync_runs_on_its_worker_until_one_is_slow() {
     // during it.
     log.slow_next_syncs(1, crate::sync_place::SLOW_SYNC * 5);
     let (beside, appended) = append_beside_a_task(log.clone(), entries[2..4].to_vec()).await;
-    assert!(sync.all_durable());
+    assert_eq!(log.sync_calls(), calls + 2);
     assert!(
         beside < appended,
         "after a slow sync the next is handed off: the task beside it ran during it \
          ({beside:?}, {appended:?})"
     );
-    assert_eq!(all_entries(&mut log).await, entries[..4]);
+    // A handed-off sync is timed too: a slow one keeps the next ones
+    // handed off for longer.
+    let first_slow = log.handed_off_until().expect("handed off");
+    log.slow_next_syncs(1, crate::sync_place::SLOW_SYNC * 5);
+    append_beside_a_task(log.clone(), entries[4..].to_vec()).await;
+    let later_slow = log.handed_off_until().expect("handed off");
+    assert!(
+        later_slow > first_slow,
+        "{later_slow:?} after {first_slow:?}"
+    );
+    assert_eq!(all_entries(&mut log).await, entries);
 }
 
 #[tokio::test]

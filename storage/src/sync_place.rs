@@ -7,15 +7,18 @@
 //! three nodes that was about 7.5 context switches per registration (35
 //! against 27.5, counted from `/proc`), and on the benchmark VM each
 //! wake-up of a sleeping thread costs about 40 µs. Syncing on the worker
-//! itself holds only what waits for the sync anyway (openraft's core,
-//! which awaits the append) and the one task tokio keeps in that worker's
-//! LIFO slot, which no other worker may steal; the other workers go on
-//! with the rest.
+//! itself holds what waits for the sync anyway (openraft's core, which
+//! awaits the append), and the tasks no other worker may take from it:
+//! the one in its LIFO slot and those that yielded to it
+//! (`block_in_place` wakes those first; this does not). The other workers
+//! go on with the rest.
 //!
-//! That holds while syncs are quick. So a sync slower than [`SLOW_SYNC`]
-//! hands the next ones off for [`HAND_OFF_FOR`], and a runtime with a
-//! single worker (one core) always hands them off: there, a sync on the
-//! worker would hold every task of the runtime.
+//! That holds while syncs are quick. So a sync slower than [`SLOW_SYNC`],
+//! wherever it ran (every sync the log store waits for is timed), hands
+//! the next ones off for [`HAND_OFF_FOR`]; a slow disk keeps them handed
+//! off, and only one sync in each such period can hold a worker. A
+//! runtime with a single worker (one core) always hands them off: there,
+//! a sync on the worker would hold every task of the runtime.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -46,7 +49,14 @@ impl SyncPlace {
         lock(&self.handed_off_until).is_none_or(|until| now >= until)
     }
 
-    /// Records a sync from `started` to `ended` that ran on the worker.
+    /// Until when syncs are handed off, for tests.
+    #[cfg(test)]
+    pub(crate) fn handed_off_until(&self) -> Option<Instant> {
+        *lock(&self.handed_off_until)
+    }
+
+    /// Records a sync the log store waited for, from `started` to `ended`,
+    /// wherever it ran.
     pub(crate) fn took(&self, started: Instant, ended: Instant) {
         if ended.saturating_duration_since(started) > SLOW_SYNC {
             *lock(&self.handed_off_until) = Some(ended + HAND_OFF_FOR);
@@ -54,8 +64,11 @@ impl SyncPlace {
     }
 }
 
-/// Whether the calling thread is a worker of a runtime with other workers
-/// to run its tasks while it blocks.
+/// Whether the calling thread runs in a multi-thread runtime with more
+/// than one worker, so that other workers run its tasks while it blocks.
+/// tokio cannot tell whether the thread is a worker; a `block_on` or
+/// blocking-pool thread of such a runtime passes too, and blocking it
+/// holds nothing else.
 pub(crate) fn beside_other_workers() -> bool {
     Handle::try_current().is_ok_and(|handle| {
         handle.runtime_flavor() == RuntimeFlavor::MultiThread && handle.metrics().num_workers() > 1
