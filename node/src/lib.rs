@@ -30,6 +30,7 @@ pub mod snapshots;
 pub mod status;
 pub mod subscribe;
 pub mod ticker;
+pub mod workers;
 
 pub use config::Config;
 pub use error::NodeError;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use fuddle_node::workers::Workers;
 use fuddle_node::{Config, Node};
 
 /// A Fuddle registry node.
@@ -108,7 +109,11 @@ fn main() -> ExitCode {
     config.sessions.min_heartbeat_timeout = args.min_heartbeat_timeout;
     config.sessions.min_reconnect_timeout = args.min_reconnect_timeout;
 
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(Workers::here().main)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -29,6 +29,7 @@ use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
 use crate::registry_service::RegistryService;
 use crate::sessions::{self, Heartbeats, SessionClock};
+use crate::workers::Workers;
 use crate::{alone, commit_deferral, held_commits, http, membership, memory, snapshots};
 
 /// How often a running node looks whether Raft has stopped (a storage
@@ -86,9 +87,8 @@ struct RaftRuntime(Option<tokio::runtime::Runtime>);
 
 impl RaftRuntime {
     fn start() -> std::io::Result<RaftRuntime> {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
+            .worker_threads(Workers::here().raft)
             .thread_name("fuddle-raft")
             .enable_all()
             .build()
