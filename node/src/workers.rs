@@ -8,7 +8,7 @@
 //! an exit to the hypervisor. Sharing the cores instead (three nodes on
 //! the 2-core benchmark machine, the main runtime with one worker instead
 //! of two) cut the nodes' CPU per delivery of a fan-out by 7–25% and per
-//! registration of one writer by 4–8% (interleaved pairs, see
+//! registration of one writer by 4–10% (interleaved pairs, see
 //! docs/benchmarks.md). The Raft runtime keeps at least two workers: a
 //! follower syncs its log on one of them (see
 //! `fuddle_storage::log_store`), and the other goes on meanwhile.
