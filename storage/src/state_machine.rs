@@ -159,7 +159,8 @@ pub struct StateMachineStore {
     /// Where the node reads the state.
     registry: Arc<Registry>,
     /// Raft's view of what is applied; a mutex because the snapshot builder
-    /// runs beside apply.
+    /// runs beside apply. Changed (after opening) only under the
+    /// registry's write lock, so a holder of its read lock sees it fixed.
     raft: Arc<std::sync::Mutex<RaftApplied>>,
     /// For durable snapshot writes.
     db: sled::Db,
@@ -460,22 +461,31 @@ impl StateMachineStore {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let write = |e: postcard::Error| snapshot_err(ErrorVerb::Write, e);
-        // The registry's read lock and the raft mutex together give a state
-        // and the log id it belongs to; apply takes them in the same order.
+        // The registry's read lock gives a state and the log id it belongs
+        // to: apply and install change the raft part only under the
+        // registry's write lock. So the raft mutex is held only to copy that
+        // part, not for the encoding: the node's snapshot trigger reads the
+        // command count on the client-facing runtime, and a mutex held for a
+        // whole encoding (tens of milliseconds or more at 100 000 members)
+        // stalled that runtime's worker.
         let (data, raft) = {
             let applied = self.registry.read();
-            let mut guard = self.raft();
+            let raft = {
+                let mut guard = self.raft();
+                // Counted from this state on. A build that fails is a
+                // storage error, which stops Raft, so nothing needs
+                // restoring; one dropped for a newer install is covered by
+                // that install.
+                guard.commands_since_snapshot = 0;
+                guard.clone()
+            };
             let data = encode(&SnapshotContentRef {
-                last_applied: &guard.last_applied,
-                membership: &guard.membership,
+                last_applied: &raft.last_applied,
+                membership: &raft.membership,
                 state: &applied.state,
             })
             .map_err(write)?;
-            // Counted from this state on. A build that fails is a storage
-            // error, which stops Raft, so nothing needs restoring; one
-            // dropped for a newer install is covered by that install.
-            guard.commands_since_snapshot = 0;
-            (data, guard.clone())
+            (data, raft)
         };
         // Dropped, not current, when a newer snapshot was installed
         // meanwhile: openraft then ignores it too.

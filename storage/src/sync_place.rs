@@ -14,7 +14,8 @@
 //! go on with the rest.
 //!
 //! That holds while syncs are quick. So a sync slower than [`SLOW_SYNC`],
-//! wherever it ran (every sync the log store waits for is timed), hands
+//! wherever it ran (every sync of an append, vote, truncation or purge
+//! is timed; a new segment's are not), hands
 //! the next ones off for [`HAND_OFF_FOR`]; a slow disk keeps them handed
 //! off, and only one sync in each such period can hold a worker. A
 //! runtime with a single worker (one core) always hands them off: there,
