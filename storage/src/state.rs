@@ -36,9 +36,6 @@ pub struct ApplyOutput {
     /// changed twice in one entry appears once, with its first `before` and
     /// last `after`.
     pub changes: Vec<Change>,
-    /// Sessions whose stored form changed (created, modified or removed),
-    /// so the store writes only those.
-    pub touched_sessions: BTreeSet<String>,
 }
 
 /// Collects changes while an entry is applied.
@@ -47,8 +44,6 @@ struct Recorder {
     position: BTreeMap<String, usize>,
     /// The changes so far.
     changes: Vec<Change>,
-    /// See [`ApplyOutput::touched_sessions`].
-    touched_sessions: BTreeSet<String>,
 }
 
 impl Recorder {
@@ -64,10 +59,6 @@ impl Recorder {
                 });
             }
         }
-    }
-
-    fn session(&mut self, client_id: &str) {
-        self.touched_sessions.insert(client_id.to_string());
     }
 }
 
@@ -90,7 +81,6 @@ impl RegistryState {
         let mut rec = Recorder {
             position: BTreeMap::new(),
             changes: Vec::new(),
-            touched_sessions: BTreeSet::new(),
         };
         let results = request
             .commands
@@ -103,7 +93,6 @@ impl RegistryState {
         ApplyOutput {
             results,
             changes: rec.changes,
-            touched_sessions: rec.touched_sessions,
         }
     }
 
@@ -198,14 +187,9 @@ impl RegistryState {
         };
         if origin.ack_below > session.acked_below {
             session.acked_below = origin.ack_below;
-            rec.session(&origin.client_id);
         }
         let floor = session.acked_below;
-        let kept_before = session.answers.len();
         session.answers.retain(|seq, _| *seq >= floor);
-        if session.answers.len() != kept_before {
-            rec.session(&origin.client_id);
-        }
         if let Some(answer) = session.answers.get(&origin.seq) {
             return answer.clone();
         }
@@ -228,7 +212,6 @@ impl RegistryState {
                     session.acked_below = session.acked_below.max(seq + 1);
                 }
             }
-            rec.session(&origin.client_id);
         }
         answer
     }
@@ -241,7 +224,6 @@ impl RegistryState {
         reconnect_timeout_ms: u64,
         rec: &mut Recorder,
     ) -> Outcome {
-        rec.session(client_id);
         let resumed = if let Some(session) = self.sessions.get_mut(client_id) {
             session.heartbeat_timeout_ms = heartbeat_timeout_ms;
             session.reconnect_timeout_ms = reconnect_timeout_ms;
@@ -320,8 +302,8 @@ impl RegistryState {
             Some(slot) => Some(std::mem::replace(slot, member.clone())),
             None => self.members.insert(spec.id.clone(), member.clone()),
         };
-        // The member index is not stored, so the session record is
-        // unchanged by this.
+        // The session's index of its members (rebuilt on load, never
+        // stored).
         if let Some(session) = self.sessions.get_mut(&origin.client_id)
             && !session.members.contains(&spec.id)
         {
@@ -397,7 +379,6 @@ impl RegistryState {
         let Some(session) = self.sessions.remove(client_id) else {
             return;
         };
-        rec.session(client_id);
         for id in &session.members {
             if let Some(member) = self.members.remove(id) {
                 rec.member(id, Some(member), None);
@@ -419,7 +400,6 @@ impl RegistryState {
             return;
         }
         session.status = status;
-        rec.session(client_id);
         let member_status = if session.is_up() {
             MemberStatus::Up
         } else {

@@ -164,11 +164,6 @@ fn assert_refused(state: &mut RegistryState, index: u64, command: Command, expec
         "a refused command must not change the state"
     );
     assert!(out.changes.is_empty(), "{:?}", out.changes);
-    assert!(
-        out.touched_sessions.is_empty(),
-        "{:?}",
-        out.touched_sessions
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -197,7 +192,6 @@ fn open_session_creates_an_up_session() {
     assert!(session.members.is_empty());
     assert!(session.answers.is_empty());
     assert!(out.changes.is_empty());
-    assert_eq!(out.touched_sessions, set_of(&["s1"]));
 }
 
 #[test]
@@ -232,7 +226,6 @@ fn open_session_again_resumes_and_takes_new_timeouts() {
     // An up session resumed: its members do not change.
     assert!(out.changes.is_empty(), "{:?}", out.changes);
     assert_eq!(state.members["m1"].mod_index, 2);
-    assert_eq!(out.touched_sessions, set_of(&["s1"]));
 }
 
 #[test]
@@ -260,7 +253,6 @@ fn resuming_a_down_session_brings_it_and_its_members_up() {
         assert_eq!(change.after.as_ref().unwrap().status, MemberStatus::Up);
         assert_eq!(change.after.as_ref().unwrap().mod_index, 7);
     }
-    assert_eq!(out.touched_sessions, set_of(&["s1"]));
 }
 
 // ---------------------------------------------------------------------------
@@ -286,12 +278,6 @@ fn register_creates_a_member_owned_by_the_session() {
     assert_eq!(out.changes[0].id, "m1");
     assert_eq!(out.changes[0].before, None);
     assert_eq!(out.changes[0].after, Some(Arc::new(expected)));
-    // The member index is not stored: owning a member leaves the session record as it was.
-    assert!(
-        out.touched_sessions.is_empty(),
-        "{:?}",
-        out.touched_sessions
-    );
 }
 
 #[test]
@@ -319,12 +305,6 @@ fn register_again_by_the_same_session_replaces_and_keeps_create_index() {
     assert_eq!(out.changes.len(), 1);
     assert_eq!(out.changes[0].before, Some(old));
     assert_eq!(out.changes[0].after, Some(Arc::new(m)));
-    // Without a seq nothing in the session's stored form changed.
-    assert!(
-        out.touched_sessions.is_empty(),
-        "{:?}",
-        out.touched_sessions
-    );
 }
 
 #[test]
@@ -365,12 +345,6 @@ fn register_takes_over_a_member_whose_owner_session_is_gone() {
     assert_eq!(m.mod_index, 6);
     assert!(state.sessions["s2"].members.contains("m1"));
     assert_eq!(out.changes[0].before.as_ref().unwrap().client_id, "s1");
-    // The member index is not stored: owning a member leaves the session record as it was.
-    assert!(
-        out.touched_sessions.is_empty(),
-        "{:?}",
-        out.touched_sessions
-    );
 }
 
 #[test]
@@ -522,7 +496,6 @@ fn update_metadata_by_an_admin_is_allowed() {
     assert!(!m.spec.metadata.contains_key("a"));
     assert_eq!(m.mod_index, 6);
     assert_eq!(out.changes.len(), 1);
-    assert!(out.touched_sessions.is_empty());
 }
 
 // ---------------------------------------------------------------------------
@@ -541,12 +514,6 @@ fn unregister_removes_the_member_and_its_session_entry() {
     assert_eq!(out.changes[0].id, "m1");
     assert_eq!(out.changes[0].before, Some(before));
     assert_eq!(out.changes[0].after, None);
-    // The member index is not stored: owning a member leaves the session record as it was.
-    assert!(
-        out.touched_sessions.is_empty(),
-        "{:?}",
-        out.touched_sessions
-    );
 }
 
 #[test]
@@ -572,16 +539,10 @@ fn unregister_of_another_sessions_member_is_refused_but_an_admin_may() {
             owner: "s1".into(),
         },
     );
-    let (outcome, out) = ok(&mut state, 6, unregister(admin(), "m1"));
+    let (outcome, _) = ok(&mut state, 6, unregister(admin(), "m1"));
     assert_eq!(outcome, Outcome::Removed { index: 6 });
     assert!(!state.members.contains_key("m1"));
     assert_eq!(state.sessions["s1"].members, set_of(&["m2"]));
-    // The member index is not stored: owning a member leaves the session record as it was.
-    assert!(
-        out.touched_sessions.is_empty(),
-        "{:?}",
-        out.touched_sessions
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -608,7 +569,6 @@ fn close_session_removes_it_and_its_members() {
     assert_eq!(out.changes[1].id, "m2");
     assert_eq!(out.changes[1].before, Some(m2));
     assert_eq!(out.changes[1].after, None);
-    assert_eq!(out.touched_sessions, set_of(&["s1"]));
 }
 
 #[test]
@@ -619,7 +579,6 @@ fn closing_a_missing_session_is_done() {
     assert_eq!(outcome, Outcome::Done);
     assert_eq!(state, before);
     assert!(out.changes.is_empty());
-    assert!(out.touched_sessions.is_empty());
     // Closing twice (a retry) is also fine.
     ok(&mut state, 7, close("s1"));
     let (outcome, out) = ok(&mut state, 8, close("s1"));
@@ -664,7 +623,6 @@ fn sessions_down_marks_their_members_down() {
         assert_eq!(change.before.as_ref().unwrap().status, MemberStatus::Up);
         assert_eq!(change.after.as_ref().unwrap().status, MemberStatus::Down);
     }
-    assert_eq!(out.touched_sessions, set_of(&["s1"]));
 }
 
 #[test]
@@ -688,7 +646,6 @@ fn sessions_down_on_a_down_session_changes_nothing() {
     assert_eq!(out.results, vec![Ok(Outcome::Done)]);
     assert_eq!(state, before, "since_ms and mod_index stay as they were");
     assert!(out.changes.is_empty());
-    assert!(out.touched_sessions.is_empty());
 }
 
 #[test]
@@ -706,14 +663,12 @@ fn sessions_up_brings_members_back() {
     assert_eq!(state.members["n1"].status, MemberStatus::Down);
     assert_eq!(state.members["n1"].mod_index, 6);
     assert_eq!(out.changes.len(), 2);
-    assert_eq!(out.touched_sessions, set_of(&["s1"]));
 
     // Up on an up session changes nothing.
     let before = state.clone();
     let (_, out) = ok(&mut state, 8, up(&["s1"]));
     assert_eq!(state, before);
     assert!(out.changes.is_empty());
-    assert!(out.touched_sessions.is_empty());
 }
 
 #[test]
@@ -736,7 +691,6 @@ fn sessions_expired_removes_only_sessions_still_down() {
         out.changes[0].before.as_ref().unwrap().status,
         MemberStatus::Down
     );
-    assert_eq!(out.touched_sessions, set_of(&["s1"]));
 }
 
 // ---------------------------------------------------------------------------
@@ -751,7 +705,6 @@ fn a_retried_register_is_applied_once() {
     let (first, out1) = apply1(&mut state, 2, cmd.clone());
     assert!(first.is_ok());
     assert_eq!(out1.changes.len(), 1);
-    assert_eq!(out1.touched_sessions, set_of(&["s1"]));
     assert_eq!(state.sessions["s1"].answers.get(&1), Some(&first));
     let after_first = state.clone();
 
@@ -761,7 +714,6 @@ fn a_retried_register_is_applied_once() {
     assert_eq!(state.members["m1"].create_index, 2);
     assert_eq!(state.members["m1"].mod_index, 2);
     assert!(out2.changes.is_empty());
-    assert!(out2.touched_sessions.is_empty());
 }
 
 #[test]
@@ -837,17 +789,15 @@ fn ack_below_drops_kept_answers() {
     let kept: Vec<u64> = state.sessions["s1"].answers.keys().copied().collect();
     assert_eq!(kept, [1, 2, 3]);
 
-    let (_, out) = ok(
+    ok(
         &mut state,
         5,
         update(by_seq("s1", 4, 3), "m1", &[("k", "v")], &[]),
     );
     let kept: Vec<u64> = state.sessions["s1"].answers.keys().copied().collect();
     assert_eq!(kept, [3, 4]);
-    assert_eq!(out.touched_sessions, set_of(&["s1"]));
 
-    // A retry of a kept answer that also acknowledges more drops them too,
-    // and the session is written.
+    // A retry of a kept answer that also acknowledges more drops them too.
     let (result, out) = apply1(
         &mut state,
         6,
@@ -857,7 +807,6 @@ fn ack_below_drops_kept_answers() {
     assert!(out.changes.is_empty(), "a retry applies nothing");
     let kept: Vec<u64> = state.sessions["s1"].answers.keys().copied().collect();
     assert_eq!(kept, [4]);
-    assert_eq!(out.touched_sessions, set_of(&["s1"]));
 }
 
 #[test]
@@ -947,7 +896,7 @@ fn a_retry_of_a_write_whose_session_closed_is_session_not_found() {
 }
 
 // ---------------------------------------------------------------------------
-// ApplyOutput: results, changes, touched sessions
+// ApplyOutput: results and changes
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -1037,9 +986,6 @@ fn a_member_created_and_removed_in_one_entry_is_no_change() {
     assert!(!state.members.contains_key("tmp3"));
     assert!(!state.sessions.contains_key("s3"));
     assert_eq!(state.sessions["s1"].members, set_of(&["m1", "m2"]));
-    // s3 was touched (it must be deleted if it was stored); s1 was not:
-    // its member index is not stored.
-    assert_eq!(out.touched_sessions, set_of(&["s3"]));
 }
 
 #[test]
@@ -1058,9 +1004,9 @@ fn a_member_removed_and_recreated_in_one_entry_is_one_change() {
 }
 
 #[test]
-fn touched_sessions_lists_exactly_what_changed() {
+fn several_commands_in_one_entry_change_what_each_would_alone() {
     let mut state = populated();
-    // Several sessions in one entry: only those whose stored form changed.
+    // Several sessions in one entry.
     let out = state.apply(
         6,
         &request(vec![
@@ -1070,7 +1016,6 @@ fn touched_sessions_lists_exactly_what_changed() {
             close("nobody"),
         ]),
     );
-    assert_eq!(out.touched_sessions, set_of(&["s2"]));
     let changed: Vec<&str> = out.changes.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(changed, ["n1", "m1"]);
 
@@ -1079,12 +1024,12 @@ fn touched_sessions_lists_exactly_what_changed() {
         7,
         &request(vec![update(by_seq("s1", 1, 1), "m1", &[("k", "w")], &[])]),
     );
-    assert_eq!(out.touched_sessions, set_of(&["s1"]));
+    assert!(out.results[0].is_ok());
+    assert!(state.sessions["s1"].answers.contains_key(&1));
 
     // A refused retry-protected write stores its refusal too.
     let out = state.apply(8, &request(vec![unregister(by_seq("s1", 2, 1), "n1")]));
     assert!(out.results[0].is_err());
-    assert_eq!(out.touched_sessions, set_of(&["s1"]));
     assert!(state.sessions["s1"].answers.contains_key(&2));
 }
 
@@ -1137,10 +1082,6 @@ fn the_same_entries_give_the_same_state() {
         let b = two.apply(index, &request);
         assert_eq!(a.results, b.results, "results of entry {index}");
         assert_eq!(a.changes, b.changes, "changes of entry {index}");
-        assert_eq!(
-            a.touched_sessions, b.touched_sessions,
-            "sessions of entry {index}"
-        );
     }
     assert_eq!(one, two);
     // Equal down to the bytes that would be stored.
