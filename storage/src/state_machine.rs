@@ -159,8 +159,9 @@ pub struct StateMachineStore {
     /// Where the node reads the state.
     registry: Arc<Registry>,
     /// Raft's view of what is applied; a mutex because the snapshot builder
-    /// runs beside apply. Changed (after opening) only under the
-    /// registry's write lock, so a holder of its read lock sees it fixed.
+    /// runs beside apply. Its `last_applied` and `membership` change (after
+    /// opening) only under the registry's write lock, so a holder of its
+    /// read lock sees them fixed.
     raft: Arc<std::sync::Mutex<RaftApplied>>,
     /// For durable snapshot writes.
     db: sled::Db,

@@ -1006,6 +1006,7 @@ fn a_member_removed_and_recreated_in_one_entry_is_one_change() {
 #[test]
 fn several_commands_in_one_entry_change_what_each_would_alone() {
     let mut state = populated();
+    let s1_before = state.sessions["s1"].clone();
     // Several sessions in one entry.
     let out = state.apply(
         6,
@@ -1018,6 +1019,8 @@ fn several_commands_in_one_entry_change_what_each_would_alone() {
     );
     let changed: Vec<&str> = out.changes.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(changed, ["n1", "m1"]);
+    assert_eq!(state.sessions["s1"], s1_before);
+    assert!(!state.sessions["s2"].is_up());
 
     // A retry-protected write stores its answer in the session.
     let out = state.apply(
