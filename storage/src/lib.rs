@@ -25,6 +25,7 @@ pub mod registry;
 pub mod session;
 mod snapshot_files;
 pub mod state;
+mod state_copy;
 pub mod state_machine;
 mod sync_place;
 pub mod types;

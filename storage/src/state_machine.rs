@@ -41,6 +41,7 @@ use crate::registry::Registry;
 use crate::session::Session;
 use crate::snapshot_files;
 use crate::state::RegistryState;
+use crate::state_copy::StateCopy;
 use crate::types::{
     Entry, LogId, NodeId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -77,12 +78,14 @@ fn snapshot_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> Storage
     StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::new(&e)).into()
 }
 
-/// What a snapshot holds (borrowed, for building without a copy).
+/// What a snapshot holds (borrowed, for building without a copy). The
+/// state is a [`RegistryState`] or a [`StateCopy`] of one, which encode
+/// alike.
 #[derive(Serialize)]
-struct SnapshotContentRef<'a> {
+struct SnapshotContentRef<'a, S> {
     last_applied: &'a Option<LogId>,
     membership: &'a StoredMembership,
-    state: &'a RegistryState,
+    state: &'a S,
 }
 
 /// What a snapshot holds. Field order must match [`SnapshotContentRef`].
@@ -461,15 +464,14 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let write = |e: postcard::Error| snapshot_err(ErrorVerb::Write, e);
         // The registry's read lock gives a state and the log id it belongs
         // to: apply and install change the raft part only under the
-        // registry's write lock. So the raft mutex is held only to copy that
-        // part, not for the encoding: the node's snapshot trigger reads the
-        // command count on the client-facing runtime, and a mutex held for a
-        // whole encoding (tens of milliseconds or more at 100 000 members)
-        // stalled that runtime's worker.
-        let (data, raft) = {
+        // registry's write lock. Both locks are held only to copy (see
+        // `state_copy`), not for the encoding: apply, and every reader
+        // queued behind it, waited for a whole encoding, and so did the
+        // node's snapshot trigger, which reads the command count on the
+        // client-facing runtime.
+        let (copy, raft) = {
             let applied = self.registry.read();
             let raft = {
                 let mut guard = self.raft();
@@ -480,14 +482,21 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 guard.commands_since_snapshot = 0;
                 guard.clone()
             };
-            let data = encode(&SnapshotContentRef {
-                last_applied: &raft.last_applied,
-                membership: &raft.membership,
-                state: &applied.state,
-            })
-            .map_err(write)?;
-            (data, raft)
+            (StateCopy::of(&applied.state), raft)
         };
+        // Encoding takes tens of milliseconds for a large registry: off
+        // the Raft runtime's workers.
+        let content = (raft.last_applied, raft.membership.clone());
+        let data = tokio::task::spawn_blocking(move || {
+            encode(&SnapshotContentRef {
+                last_applied: &content.0,
+                membership: &content.1,
+                state: &copy,
+            })
+        })
+        .await
+        .map_err(|e| snapshot_err(ErrorVerb::Write, std::io::Error::other(e)))?
+        .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         // Dropped, not current, when a newer snapshot was installed
         // meanwhile: openraft then ignores it too.
         let (meta, data) = self

@@ -1105,6 +1105,36 @@ fn the_same_entries_give_the_same_state() {
 }
 
 #[test]
+fn a_snapshots_copy_of_the_state_encodes_as_the_state_itself() {
+    // Snapshots are encoded from a copy (`state_copy`) and decoded as a
+    // `RegistryState`: the bytes must be the same, after every entry of a
+    // script with sessions up and down, kept answers and members changed,
+    // taken over and removed.
+    let mut state = populated();
+    let copy = |state: &RegistryState| {
+        crate::codec::encode(&crate::state_copy::StateCopy::of(state)).unwrap()
+    };
+    assert_eq!(copy(&state), crate::codec::encode(&state).unwrap());
+    for (index, request) in script() {
+        state.apply(index, &request);
+        assert_eq!(
+            copy(&state),
+            crate::codec::encode(&state).unwrap(),
+            "after entry {index}"
+        );
+    }
+    assert!(!state.members.is_empty() && !state.sessions.is_empty());
+    assert!(
+        state.sessions.values().any(|s| !s.answers.is_empty()),
+        "the script keeps answers"
+    );
+    assert_eq!(
+        crate::codec::encode(&RegistryState::default()).unwrap(),
+        copy(&RegistryState::default())
+    );
+}
+
+#[test]
 fn replaying_changes_reproduces_the_members() {
     // The changes of every entry, applied to a plain map, give the members:
     // what a subscriber relies on.
