@@ -32,17 +32,18 @@ pub(crate) struct StateCopy {
 impl StateCopy {
     /// Copies what a snapshot stores of `state`.
     pub(crate) fn of(state: &RegistryState) -> StateCopy {
+        // Taken apart, so that a field added to the state is a compile
+        // error here rather than a field missing from snapshots.
+        let RegistryState { members, sessions } = state;
         StateCopy {
-            members: state
-                .members
+            members: members
                 .iter()
                 .map(|(id, member)| {
                     debug_assert_eq!(id, &member.spec.id, "a member is keyed by its id");
                     Arc::clone(member)
                 })
                 .collect(),
-            sessions: state
-                .sessions
+            sessions: sessions
                 .iter()
                 .map(|(id, session)| {
                     debug_assert_eq!(id, &session.client_id, "a session is keyed by its id");

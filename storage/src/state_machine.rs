@@ -107,6 +107,19 @@ impl SnapshotContent {
             let e = std::io::Error::other("snapshot content does not match its metadata");
             return Err(snapshot_err(ErrorVerb::Read, e));
         }
+        // Snapshots are encoded from a copy that takes each key from its
+        // value (`state_copy`): a snapshot keyed otherwise is not ours.
+        let keyed_by_id = content.state.members.iter().all(|(id, m)| *id == m.spec.id)
+            && content
+                .state
+                .sessions
+                .iter()
+                .all(|(id, s)| *id == s.client_id);
+        if !keyed_by_id {
+            let e =
+                std::io::Error::other("snapshot content keys a member or session by another id");
+            return Err(snapshot_err(ErrorVerb::Read, e));
+        }
         content.state.rebuild_session_members();
         Ok(content)
     }
@@ -638,4 +651,50 @@ pub fn open_stores(
     let mut sm = sm;
     sm.log_sync = Some(log.sync());
     Ok((log, sm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::member::{MemberSpec, MemberStatus};
+    use crate::metadata::Metadata;
+
+    fn member(id: &str) -> Arc<Member> {
+        Arc::new(Member {
+            spec: MemberSpec {
+                id: id.into(),
+                service: "web".into(),
+                locality: String::new(),
+                revision: String::new(),
+                created_ms: 0,
+                metadata: Metadata::new(),
+            },
+            status: MemberStatus::Up,
+            client_id: "s1".into(),
+            create_index: 1,
+            mod_index: 1,
+        })
+    }
+
+    #[test]
+    fn a_snapshot_keyed_by_other_ids_is_refused() {
+        let meta = SnapshotMeta::default();
+        let encoded = |state: &RegistryState| {
+            encode(&SnapshotContentRef {
+                last_applied: &meta.last_log_id,
+                membership: &meta.last_membership,
+                state,
+            })
+            .unwrap()
+        };
+        let mut state = RegistryState::default();
+        state.members.insert("a".into(), member("a"));
+        assert!(SnapshotContent::decode(&encoded(&state), &meta).is_ok());
+
+        state.members.insert("b".into(), member("c"));
+        let e = SnapshotContent::decode(&encoded(&state), &meta)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("another id"), "{e}");
+    }
 }

@@ -1108,8 +1108,8 @@ fn the_same_entries_give_the_same_state() {
 fn a_snapshots_copy_of_the_state_encodes_as_the_state_itself() {
     // Snapshots are encoded from a copy (`state_copy`) and decoded as a
     // `RegistryState`: the bytes must be the same, after every entry of a
-    // script with sessions up and down, kept answers and members changed,
-    // taken over and removed.
+    // script with sessions up and down, kept answers, and members changed
+    // and removed.
     let mut state = populated();
     let copy = |state: &RegistryState| {
         crate::codec::encode(&crate::state_copy::StateCopy::of(state)).unwrap()
