@@ -389,22 +389,20 @@ impl LogStore {
     async fn append_durably(
         &self,
         write: impl FnOnce(&mut LogFile) -> io::Result<Arc<File>> + Send + 'static,
-        (records, bytes): (usize, usize),
+        size: (usize, usize),
         own: Option<LogId>,
     ) -> io::Result<()> {
         let this_write = self.sync.count_write();
-        let here = self.place.on_worker(Instant::now()) && sync_place::beside_other_workers();
-        let written = {
-            let mut file = self.file();
-            if here && file.fits(records, bytes) {
-                Ok(write(&mut file).map(|segment| (segment, file.syncs())))
-            } else {
-                Err(write)
-            }
+        let written = if self.place.on_worker(Instant::now()) && sync_place::beside_other_workers()
+        {
+            self.write_if_it_fits(write, size)
+        } else {
+            Err(write)
         };
         let done = match written {
             Ok(written) => {
-                let done = written.and_then(|(segment, syncs)| {
+                let done = written.and_then(|segment| {
+                    let syncs = self.file().syncs();
                     timed_sync(&syncs, &segment, &self.place).inspect_err(|e| self.file().fail(e))
                 });
                 self.settle(this_write, done)
@@ -691,16 +689,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             Ok(segment)
         };
-        let written = if self.leading.load(Ordering::Acquire) && !self.alone.load(Ordering::Acquire)
-        {
+        let leading = self.leading.load(Ordering::Acquire);
+        let written = if leading && !self.alone.load(Ordering::Acquire) {
             self.write_own(write, size, first, last).await
         } else {
             // Only data on disk may be reported durable: an acknowledged
             // write must survive a crash. A lone leader has no followers
             // to replicate to while it syncs, so reporting early would
             // only add the sync thread's hand-off.
-            let own = self.leading.load(Ordering::Acquire).then_some(last);
-            self.append_durably(write, size, own).await
+            self.append_durably(write, size, leading.then_some(last))
+                .await
         };
         match written {
             Ok(()) => {

@@ -499,17 +499,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         };
         // Encoding takes tens of milliseconds for a large registry: off
         // the Raft runtime's workers.
-        let content = (raft.last_applied, raft.membership.clone());
-        let data = tokio::task::spawn_blocking(move || {
-            encode(&SnapshotContentRef {
-                last_applied: &content.0,
-                membership: &content.1,
+        let (data, raft) = tokio::task::spawn_blocking(move || {
+            let data = encode(&SnapshotContentRef {
+                last_applied: &raft.last_applied,
+                membership: &raft.membership,
                 state: &copy,
-            })
+            });
+            (data, raft)
         })
         .await
-        .map_err(|e| snapshot_err(ErrorVerb::Write, std::io::Error::other(e)))?
-        .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        .map_err(|e| snapshot_err(ErrorVerb::Write, std::io::Error::other(e)))?;
+        let data = data.map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         // Dropped, not current, when a newer snapshot was installed
         // meanwhile: openraft then ignores it too.
         let (meta, data) = self
