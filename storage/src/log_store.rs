@@ -393,12 +393,12 @@ impl LogStore {
         own: Option<LogId>,
     ) -> io::Result<()> {
         let this_write = self.sync.count_write();
-        let written = if self.place.on_worker(Instant::now()) && sync_place::beside_other_workers()
-        {
-            self.write_if_it_fits(write, size)
-        } else {
-            Err(write)
-        };
+        let written =
+            if self.place.on_worker(Instant::now()) && sync_place::in_multi_thread_runtime() {
+                self.write_if_it_fits(write, size)
+            } else {
+                Err(write)
+            };
         let done = match written {
             Ok(written) => {
                 let done = written.and_then(|segment| {

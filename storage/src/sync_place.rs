@@ -10,16 +10,19 @@
 //! itself holds what waits for the sync anyway (openraft's core, which
 //! awaits the append), and the tasks no other worker may take from it:
 //! the one in its LIFO slot and those that yielded to it
-//! (`block_in_place` wakes those first; this does not). The other workers
-//! go on with the rest.
+//! (`block_in_place` wakes those first; this does not). Other workers, if
+//! the runtime has any, go on with the rest; on a runtime of one worker
+//! (a node's Raft runtime on a two-core machine)
+//! the rest waits for the sync too, a fraction of a millisecond, where a
+//! hand-off would cost two thread wake-ups per append.
 //!
 //! That holds while syncs are quick. So a sync slower than [`SLOW_SYNC`],
 //! wherever it ran (every sync of an append, vote, truncation or purge
 //! is timed; a new segment's are not), hands
 //! the next ones off for [`HAND_OFF_FOR`]; a slow disk keeps them handed
-//! off, and only one sync in each such period can hold a worker. A
-//! runtime with a single worker (one core) always hands them off: there,
-//! a sync on the worker would hold every task of the runtime.
+//! off, and only one sync in each such period can hold a worker. On a
+//! current-thread runtime (tests) they are always handed off, to a
+//! blocking thread, as the log's other blocking work is there.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -65,15 +68,13 @@ impl SyncPlace {
     }
 }
 
-/// Whether the calling thread runs in a multi-thread runtime with more
-/// than one worker, so that other workers run its tasks while it blocks.
-/// tokio cannot tell whether the thread is a worker; a `block_on` or
+/// Whether the calling thread runs in a multi-thread runtime, the kind
+/// whose workers may block for a quick sync (see the module doc). tokio
+/// cannot tell whether the thread is a worker; a `block_on` or
 /// blocking-pool thread of such a runtime passes too, and blocking it
 /// holds nothing else.
-pub(crate) fn beside_other_workers() -> bool {
-    Handle::try_current().is_ok_and(|handle| {
-        handle.runtime_flavor() == RuntimeFlavor::MultiThread && handle.metrics().num_workers() > 1
-    })
+pub(crate) fn in_multi_thread_runtime() -> bool {
+    Handle::try_current().is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread)
 }
 
 #[cfg(test)]
@@ -104,21 +105,18 @@ mod tests {
     }
 
     #[test]
-    fn only_a_runtime_with_other_workers_lets_a_worker_block() {
-        assert!(!beside_other_workers(), "outside any runtime");
-        let one = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .unwrap();
-        assert!(!one.block_on(async { beside_other_workers() }));
+    fn only_a_multi_thread_runtime_lets_a_worker_block() {
+        assert!(!in_multi_thread_runtime(), "outside any runtime");
         let current = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        assert!(!current.block_on(async { beside_other_workers() }));
-        let two = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
-        assert!(two.block_on(async { beside_other_workers() }));
+        assert!(!current.block_on(async { in_multi_thread_runtime() }));
+        for workers in [1, 2] {
+            let multi = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .build()
+                .unwrap();
+            assert!(multi.block_on(async { in_multi_thread_runtime() }));
+        }
     }
 }
