@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use fuddle_storage::Filter;
+use fuddle_storage::{Filter, Member};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -168,12 +168,22 @@ async fn members(
     Query(q): Query<MembersQuery>,
 ) -> Json<MembersReply> {
     let filter = Filter::new(&q.service, &q.locality, &Default::default(), None);
-    let applied = core.registry.read();
-    let members = applied
-        .state
-        .members
-        .values()
-        .filter(|m| filter.matches(m))
+    // Only the matching members are taken under the registry's lock (a
+    // reference count each): apply waits for that lock, and with it the
+    // Raft runtime's only worker on two cores. JSON is built after.
+    let (index, matching): (u64, Vec<Arc<Member>>) = {
+        let applied = core.registry.read();
+        let matching = applied
+            .state
+            .members
+            .values()
+            .filter(|m| filter.matches(m))
+            .cloned()
+            .collect();
+        (applied.index, matching)
+    };
+    let members = matching
+        .iter()
         .map(|m| {
             serde_json::json!({
                 "id": m.spec.id,
@@ -189,8 +199,5 @@ async fn members(
             })
         })
         .collect();
-    Json(MembersReply {
-        index: applied.index,
-        members,
-    })
+    Json(MembersReply { index, members })
 }

@@ -85,11 +85,16 @@ pub struct LogStore {
     place: Arc<SyncPlace>,
 }
 
-/// Syncs `segment`, telling `place` how long it took: every sync the log
-/// store waits for counts, so that a slow disk keeps the next syncs off
-/// the workers (see `sync_place`).
-fn timed_sync(syncs: &Syncs, segment: &File, place: &SyncPlace) -> io::Result<()> {
-    let started = Instant::now();
+/// Syncs `segment`, telling `place` how long it took since `started` (the
+/// write before it included, when it ran on the same thread): every sync
+/// the log store waits for counts, so that a slow disk keeps the next
+/// syncs off the workers (see `sync_place`).
+fn timed_sync(
+    syncs: &Syncs,
+    segment: &File,
+    place: &SyncPlace,
+    started: Instant,
+) -> io::Result<()> {
     let synced = syncs.sync(segment);
     place.took(started, Instant::now());
     synced
@@ -367,11 +372,12 @@ impl LogStore {
         let shared = Arc::clone(&self.file);
         let place = Arc::clone(&self.place);
         let done = crate::flush::blocking(move || {
+            let started = Instant::now();
             let (segment, syncs) = {
                 let mut file = lock(&shared);
                 (write(&mut file)?, file.syncs())
             };
-            timed_sync(&syncs, &segment, &place).inspect_err(|e| lock(&shared).fail(e))
+            timed_sync(&syncs, &segment, &place, started).inspect_err(|e| lock(&shared).fail(e))
         })
         .await
         .and_then(|done| done);
@@ -393,17 +399,18 @@ impl LogStore {
         own: Option<LogId>,
     ) -> io::Result<()> {
         let this_write = self.sync.count_write();
-        let written =
-            if self.place.on_worker(Instant::now()) && sync_place::in_multi_thread_runtime() {
-                self.write_if_it_fits(write, size)
-            } else {
-                Err(write)
-            };
+        let started = Instant::now();
+        let written = if self.place.on_worker(started) && sync_place::in_multi_thread_runtime() {
+            self.write_if_it_fits(write, size)
+        } else {
+            Err(write)
+        };
         let done = match written {
             Ok(written) => {
                 let done = written.and_then(|segment| {
                     let syncs = self.file().syncs();
-                    timed_sync(&syncs, &segment, &self.place).inspect_err(|e| self.file().fail(e))
+                    timed_sync(&syncs, &segment, &self.place, started)
+                        .inspect_err(|e| self.file().fail(e))
                 });
                 self.settle(this_write, done)
             }
@@ -432,9 +439,10 @@ impl LogStore {
     /// on the calling thread: it goes to the page cache, which takes a few
     /// microseconds, where handing it to a blocking thread costs a thread
     /// hand-off (tens of microseconds here). Only under memory pressure
-    /// (the kernel throttling writers of dirty pages) does it block long,
-    /// and then every write of the node waits anyway. One that starts a new
-    /// segment (syncs, a file's creation) runs as blocking work.
+    /// (the kernel throttling writers of dirty pages) does it block long;
+    /// such a write counts as a slow sync (see `sync_place`), and the
+    /// writes after it are handed off for a while too. One that starts a
+    /// new segment (syncs, a file's creation) runs as blocking work.
     async fn write_own(
         &self,
         write: impl FnOnce(&mut LogFile) -> io::Result<Arc<File>> + Send + 'static,
@@ -455,16 +463,25 @@ impl LogStore {
     }
 
     /// Runs `write`, of `size` (records, bytes), on the calling thread if
-    /// it fits in the active segment, else as blocking work (it starts a
-    /// new segment); syncs nothing.
+    /// it fits in the active segment and the disk has been quick (see
+    /// `sync_place`; a slow write counts as a slow sync), else as blocking
+    /// work; syncs nothing.
     async fn write_unsynced<T: Send + 'static>(
         &self,
         write: impl FnOnce(&mut LogFile) -> io::Result<T> + Send + 'static,
         size: (usize, usize),
     ) -> io::Result<()> {
-        let write = match self.write_if_it_fits(write, size) {
-            Ok(written) => return written.map(drop),
-            Err(write) => write,
+        let started = Instant::now();
+        let write = if self.place.on_worker(started) {
+            match self.write_if_it_fits(write, size) {
+                Ok(written) => {
+                    self.place.took(started, Instant::now());
+                    return written.map(drop);
+                }
+                Err(write) => write,
+            }
+        } else {
+            write
         };
         let shared = Arc::clone(&self.file);
         crate::flush::blocking(move || write(&mut lock(&shared)).map(drop))

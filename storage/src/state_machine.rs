@@ -585,7 +585,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let content = SnapshotContent::decode(&data, meta)?;
+        // Decoding takes tens of milliseconds for a large registry: off the
+        // Raft runtime's workers (one, on two cores), as encoding is.
+        let checked = meta.clone();
+        let (data, content) = tokio::task::spawn_blocking(move || {
+            let content = SnapshotContent::decode(&data, &checked);
+            (data, content)
+        })
+        .await
+        .map_err(|e| snapshot_err(ErrorVerb::Read, std::io::Error::other(e)))?;
+        let content = content?;
 
         // The snapshot is durable, and the state a restart starts from,
         // before the state in memory is replaced. (openraft installs only a

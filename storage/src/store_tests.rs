@@ -1636,6 +1636,29 @@ async fn a_lone_leader_syncs_its_appends_before_reporting_them() {
     assert_eq!(all_entries(&mut log).await, entries);
 }
 
+#[test]
+fn a_lone_leaders_sync_runs_on_its_only_worker() {
+    runtime_of(1).block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_dir, mut log, _sm, sync) = open_as_leader(tmp.path()).await;
+        let entries = script();
+        let _held = sync.hold.hold();
+        log.alone().set(true);
+        // A slow sync (the first one runs where quick ones have run): the
+        // task beside it waits for it.
+        log.slow_next_syncs(1, crate::sync_place::SLOW_SYNC * 5);
+        let calls = log.sync_calls();
+        let (beside, appended) = append_beside_a_task(log.clone(), entries.clone()).await;
+        assert_eq!(log.sync_calls(), calls + 1, "synced before it is reported");
+        assert!(sync.all_durable());
+        assert!(
+            beside > appended,
+            "the sync ran on the only worker: its LIFO task ran after it ({beside:?}, {appended:?})"
+        );
+        assert_eq!(all_entries(&mut log).await, entries);
+    });
+}
+
 /// Appends `entries` as a follower in a task of its own, with a task
 /// spawned from it just before (tokio keeps such a task in the worker's
 /// LIFO slot, which no other worker takes): returns when that task ran and
@@ -1656,8 +1679,26 @@ async fn append_beside_a_task(
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_followers_sync_runs_on_its_worker_until_one_is_slow() {
+/// A multi-thread runtime of `workers` workers, as the node's Raft runtime
+/// is (one worker on two cores).
+fn runtime_of(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_followers_sync_runs_on_its_worker_until_one_is_slow() {
+    // On a runtime of one worker too: there the hand-off (`block_in_place`)
+    // moves the worker's scheduler, LIFO slot included, to another thread.
+    for workers in [1, 2] {
+        runtime_of(workers).block_on(a_followers_sync_runs_on_its_worker_until_one_is_slow_on());
+    }
+}
+
+async fn a_followers_sync_runs_on_its_worker_until_one_is_slow_on() {
     let tmp = tempfile::tempdir().unwrap();
     let (_dir, mut log, _sm) = open_as_node_1(tmp.path());
     log.save_vote(&Vote::new_committed(1, 2)).await.unwrap();
