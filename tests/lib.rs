@@ -991,3 +991,34 @@ pub fn replay_watch(lines: &[Value]) -> anyhow::Result<(BTreeMap<String, Member>
     }
     Ok((state, change_indexes))
 }
+
+/// One HTTP/1.1 GET of `path` from `addr` (a node's `--http-bind`
+/// address): the status code and the body. A test helper written by hand
+/// rather than a client crate: one request on a fresh connection, read to
+/// its close, is all a test of the node's read-only HTTP needs.
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no end of headers in {response:?}"))?;
+    ensure!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "a chunked answer, which this helper does not read: {head}"
+    );
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| anyhow!("no status in {head:?}"))?;
+    Ok((status, body.to_owned()))
+}

@@ -1,6 +1,6 @@
 //! One node, driven through `fuddle-cli`: the register → list → get →
 //! update → watch → kill → restart tour, failure detection of a killed
-//! registering process, and refused input.
+//! registering process, refused input, and the read-only HTTP endpoints.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use fuddle_client::{Member, MemberStatus};
 use fuddle_tests::{
-    CliProcess, DEADLINE, NodeProcess, code_of, eventually, replay_watch, run_node_expecting_exit,
-    stderr_of, stdout_of,
+    CliProcess, DEADLINE, NodeProcess, code_of, eventually, http_get, replay_watch,
+    run_node_expecting_exit, stderr_of, stdout_of,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -391,4 +391,71 @@ fn invalid_input_is_refused_and_the_node_keeps_serving() {
     );
     let list = node.list("linearizable").unwrap();
     assert!(list.members.is_empty(), "{list:?}");
+}
+
+#[test]
+fn http_serves_health_metrics_and_the_member_list() {
+    let node = NodeProcess::start("http", &[], &[]);
+    let status: Value = node.cli_json(&["cluster", "status"]).unwrap();
+    let http = status["nodes"][0]["http_addr"]
+        .as_str()
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| panic!("no HTTP address in {status}"))
+        .to_owned();
+
+    let register = CliProcess::spawn(
+        node.addr(),
+        &[
+            "-o",
+            "json",
+            "members",
+            "register",
+            "--id",
+            "api-1",
+            "--service",
+            "api",
+            "--locality",
+            "eu.west.1a",
+            "--metadata",
+            "port=8080",
+        ],
+    );
+    let registered: Member = serde_json::from_value(register.next_json(DEADLINE)).unwrap();
+
+    // The list is this node's applied state (a stale read): wait for the
+    // registration to be applied, then compare with what the CLI printed,
+    // in the same JSON shape.
+    let listed = eventually("the member in the HTTP list", DEADLINE, || {
+        let (code, body) = http_get(&http, "/v1/members?service=api")?;
+        ensure!(code == 200, "status {code}: {body}");
+        let reply: Value = serde_json::from_str(&body)?;
+        ensure!(
+            reply["members"].as_array().is_some_and(|m| m.len() == 1),
+            "{reply}"
+        );
+        Ok(reply)
+    });
+    let member: Member = serde_json::from_value(listed["members"][0].clone()).unwrap();
+    assert_eq!(member, registered);
+    assert!(
+        listed["index"].as_u64().unwrap() >= registered.mod_index,
+        "{listed}"
+    );
+    let (code, body) = http_get(&http, "/v1/members?service=other").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let other: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(other["members"], Value::Array(Vec::new()), "{other}");
+
+    let (code, body) = http_get(&http, "/health").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["role"], "leader", "{health}");
+    assert_eq!(health["id"], health["leader"], "{health}");
+
+    let (code, body) = http_get(&http, "/metrics").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.lines().any(|l| l == "fuddle_members 1"),
+        "no `fuddle_members 1` line in:\n{body}"
+    );
 }
