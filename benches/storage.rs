@@ -157,8 +157,63 @@ fn bench_log_read(c: &mut Criterion) {
     group.finish();
 }
 
+/// Members the re-registration benchmark cycles through: the write
+/// benchmark's 256 writers with 8 ids each.
+const FLEET: u64 = 2048;
+
+/// Consecutive entries of `batch` registrations each, from index `first`,
+/// of members cycling through a fleet of `FLEET`: each registered again
+/// by its session, as instances re-registering do (and the write
+/// benchmark's writers).
+fn reregistration_source(batch: usize, first: u64) -> impl FnMut() -> Vec<Entry> {
+    let (mut index, mut seq) = (first, 0u64);
+    move || {
+        let commands = (0..batch)
+            .map(|_| {
+                seq += 1;
+                register("bench", seq, (seq % FLEET) as usize)
+            })
+            .collect();
+        let e = vec![entry(index, commands)];
+        index += 1;
+        e
+    }
+}
+
 fn bench_apply_pure(c: &mut Criterion) {
     let mut group = c.benchmark_group("apply_in_memory");
+    for batch in BATCHES {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(
+            BenchmarkId::new("reregistrations_per_entry", batch),
+            &batch,
+            |b, &batch| {
+                let mut state = RegistryState::default();
+                let open = Request {
+                    now_ms: 1,
+                    commands: vec![open_session("bench")].into(),
+                };
+                state.apply(1, &open);
+                let mut source = reregistration_source(batch, 2);
+                // The fleet registered once first: what follows replaces.
+                for _ in 0..FLEET.div_ceil(batch as u64) {
+                    let e = source().remove(0);
+                    if let EntryPayload::Normal(request) = &e.payload {
+                        state.apply(e.log_id.index, request);
+                    }
+                }
+                b.iter_batched(
+                    || source().remove(0),
+                    |e| {
+                        if let EntryPayload::Normal(request) = &e.payload {
+                            state.apply(e.log_id.index, request);
+                        }
+                    },
+                    criterion::BatchSize::SmallInput,
+                );
+            },
+        );
+    }
     for batch in BATCHES {
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_with_input(
