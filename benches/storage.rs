@@ -157,21 +157,29 @@ fn bench_log_read(c: &mut Criterion) {
     group.finish();
 }
 
-/// Members the re-registration benchmark cycles through: the write
+/// Sessions of the re-registration benchmark, and members each: the write
 /// benchmark's 256 writers with 8 ids each.
-const FLEET: u64 = 2048;
+const WRITERS: u64 = 256;
+const IDS_PER_WRITER: u64 = 8;
+const FLEET: u64 = WRITERS * IDS_PER_WRITER;
 
 /// Consecutive entries of `batch` registrations each, from index `first`,
-/// of members cycling through a fleet of `FLEET`: each registered again
-/// by its session, as instances re-registering do (and the write
-/// benchmark's writers).
+/// of members cycling through a fleet of `FLEET`, each registered again
+/// and again by its own session, as instances re-registering do (and the
+/// write benchmark's writers).
 fn reregistration_source(batch: usize, first: u64) -> impl FnMut() -> Vec<Entry> {
+    let clients: Vec<String> = (0..WRITERS).map(|w| format!("bench-{w}")).collect();
     let (mut index, mut seq) = (first, 0u64);
     move || {
         let commands = (0..batch)
             .map(|_| {
                 seq += 1;
-                register("bench", seq, (seq % FLEET) as usize)
+                let member = seq % FLEET;
+                register(
+                    &clients[(member / IDS_PER_WRITER) as usize],
+                    seq,
+                    member as usize,
+                )
             })
             .collect();
         let e = vec![entry(index, commands)];
@@ -191,7 +199,10 @@ fn bench_apply_pure(c: &mut Criterion) {
                 let mut state = RegistryState::default();
                 let open = Request {
                     now_ms: 1,
-                    commands: vec![open_session("bench")].into(),
+                    commands: (0..WRITERS)
+                        .map(|w| open_session(&format!("bench-{w}")))
+                        .collect::<Vec<_>>()
+                        .into(),
                 };
                 state.apply(1, &open);
                 let mut source = reregistration_source(batch, 2);

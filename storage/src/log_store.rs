@@ -86,9 +86,10 @@ pub struct LogStore {
 }
 
 /// Syncs `segment`, telling `place` how long it took since `started` (the
-/// write before it included, when it ran on the same thread): every sync
-/// the log store waits for counts, so that a slow disk keeps the next
-/// syncs off the workers (see `sync_place`).
+/// write before it included, when that ran on the worker and fitted in
+/// the active segment): every sync the log store waits for counts, so
+/// that a slow disk keeps the next syncs off the workers (see
+/// `sync_place`).
 fn timed_sync(
     syncs: &Syncs,
     segment: &File,
@@ -317,6 +318,12 @@ impl LogStore {
         self.place.handed_off_until()
     }
 
+    /// Forgets any slow sync (see `SyncPlace::forget_slow_syncs`).
+    #[cfg(test)]
+    pub(crate) fn forget_slow_syncs(&self) {
+        self.place.forget_slow_syncs();
+    }
+
     /// Makes the log's next `count` syncs take `delay` longer.
     #[cfg(test)]
     pub(crate) fn slow_next_syncs(&self, count: u32, delay: std::time::Duration) {
@@ -372,11 +379,13 @@ impl LogStore {
         let shared = Arc::clone(&self.file);
         let place = Arc::clone(&self.place);
         let done = crate::flush::blocking(move || {
-            let started = Instant::now();
             let (segment, syncs) = {
                 let mut file = lock(&shared);
                 (write(&mut file)?, file.syncs())
             };
+            // The sync alone: a write here may start a segment, and that
+            // segment's own syncs would count as one slow sync.
+            let started = Instant::now();
             timed_sync(&syncs, &segment, &place, started).inspect_err(|e| lock(&shared).fail(e))
         })
         .await

@@ -269,10 +269,12 @@ impl RegistryState {
         } else {
             MemberStatus::Down
         };
-        // The member's slot, looked up once: a member registered again by
-        // its own session (an instance restarting, or a benchmark's
-        // writers: the common case) is replaced in place, keeping its key
-        // and its entry in the session's index. String keys made these
+        // The session's index of its members (rebuilt on load, never
+        // stored); looked at here, while the session is at hand.
+        let indexed = session.members.contains(&spec.id);
+        // The member's slot, looked up once: a member registered again (an
+        // instance restarting, or a benchmark's writers: the common case)
+        // is replaced in place, keeping its key. String keys made these
         // lookups a few percent of a node's time under 256 writers.
         let slot = self.members.get_mut(&spec.id);
         let create_index = match &slot {
@@ -301,27 +303,11 @@ impl RegistryState {
             create_index,
             mod_index: index,
         });
-        let (before, indexed) = match slot {
-            Some(slot) => {
-                let own = slot.client_id == origin.client_id;
-                (Some(std::mem::replace(slot, member.clone())), own)
-            }
-            None => {
-                self.members.insert(spec.id.clone(), member.clone());
-                (None, false)
-            }
+        let before = match slot {
+            Some(slot) => Some(std::mem::replace(slot, member.clone())),
+            None => self.members.insert(spec.id.clone(), member.clone()),
         };
-        // The session's index of its members (rebuilt on load, never
-        // stored) holds every member the session owns, so only a member
-        // new to the session is added.
-        if indexed {
-            debug_assert!(
-                self.sessions
-                    .get(&origin.client_id)
-                    .is_some_and(|s| s.members.contains(&spec.id)),
-                "a session's member missing from its index"
-            );
-        } else if let Some(session) = self.sessions.get_mut(&origin.client_id) {
+        if !indexed && let Some(session) = self.sessions.get_mut(&origin.client_id) {
             session.members.insert(spec.id.clone());
         }
         rec.member(&spec.id, before, Some(member.clone()));

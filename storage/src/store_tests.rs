@@ -1646,6 +1646,7 @@ fn a_lone_leaders_sync_runs_on_its_only_worker() {
         log.alone().set(true);
         // A slow sync (the first one runs where quick ones have run): the
         // task beside it waits for it.
+        log.forget_slow_syncs();
         log.slow_next_syncs(1, crate::sync_place::SLOW_SYNC * 5);
         let calls = log.sync_calls();
         let (beside, appended) = append_beside_a_task(log.clone(), entries.clone()).await;
@@ -1706,6 +1707,7 @@ async fn a_followers_sync_runs_on_its_worker_until_one_is_slow_on() {
 
     // A slow sync on the worker: the task beside it waits, since the
     // worker does not hand its scheduler over.
+    log.forget_slow_syncs();
     log.slow_next_syncs(1, crate::sync_place::SLOW_SYNC * 5);
     let calls = log.sync_calls();
     let (beside, appended) = append_beside_a_task(log.clone(), entries[..2].to_vec()).await;

@@ -19,9 +19,9 @@
 //!
 //! That holds while syncs are quick. So a sync slower than [`SLOW_SYNC`],
 //! wherever it ran (every sync of an append, vote, truncation or purge
-//! is timed, with the write before it when that ran on the same thread;
-//! a new segment's are not), or an unsynced write of the log as slow,
-//! hands
+//! is timed, with the write before it when that ran on the worker; a new
+//! segment's are not), or an unsynced write of the log run on the worker
+//! that took as long, hands
 //! the next ones off for [`HAND_OFF_FOR`]; a slow disk keeps them handed
 //! off, and only one sync in each such period can hold a worker. On a
 //! current-thread runtime (tests) they are always handed off, to a
@@ -65,6 +65,13 @@ impl SyncPlace {
     #[cfg(test)]
     pub(crate) fn handed_off_until(&self) -> Option<Instant> {
         *lock(&self.handed_off_until)
+    }
+
+    /// Forgets any slow sync, for tests: one that a loaded machine slowed
+    /// during a test's setup must not decide where its checks run.
+    #[cfg(test)]
+    pub(crate) fn forget_slow_syncs(&self) {
+        *lock(&self.handed_off_until) = None;
     }
 
     /// Records a sync the log store waited for, from `started` to `ended`,
