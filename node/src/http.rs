@@ -9,11 +9,12 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use fuddle_storage::{Filter, Member};
+use fuddle_storage::Filter;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::convert::matching_members;
 use crate::core::Core;
 use crate::status::role_name;
 
@@ -171,16 +172,9 @@ async fn members(
     // Only the matching members are taken under the registry's lock (a
     // reference count each): apply waits for that lock, and with it the
     // Raft runtime's only worker on two cores. JSON is built after.
-    let (index, matching): (u64, Vec<Arc<Member>>) = {
+    let (index, matching) = {
         let applied = core.registry.read();
-        let matching = applied
-            .state
-            .members
-            .values()
-            .filter(|m| filter.matches(m))
-            .cloned()
-            .collect();
-        (applied.index, matching)
+        (applied.index, matching_members(&applied.state, &filter))
     };
     let members = matching
         .iter()
