@@ -48,7 +48,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak, mpsc};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::log_file::LogFile;
 use crate::types::LogId;
@@ -172,6 +172,12 @@ impl SyncState {
 pub struct LogSync {
     /// The state; waiters are woken on each change.
     state: Arc<watch::Sender<SyncState>>,
+    /// Told when a sync makes a commit held back from followers durable.
+    /// `held_back_durable` waits on this, not on `state`: every sync
+    /// changes `state`, and the task that waits for a held-back commit
+    /// (on the node's main runtime) was woken by each of them, from the
+    /// sync thread, to find nothing held back most of the time.
+    held_back_ready: Arc<Notify>,
     /// Held by a test to keep the sync thread from syncing.
     #[cfg(test)]
     pub(crate) hold: Arc<test_hold::Hold>,
@@ -181,6 +187,7 @@ impl Default for LogSync {
     fn default() -> Self {
         LogSync {
             state: Arc::new(watch::Sender::new(SyncState::default())),
+            held_back_ready: Arc::default(),
             #[cfg(test)]
             hold: Arc::default(),
         }
@@ -219,11 +226,16 @@ impl LogSync {
 
     /// See `SyncState::synced_through`; wakes whoever waits for it.
     pub(crate) fn synced_through(&self, through: u64) {
+        let mut held_back_ready = false;
         self.state.send_if_modified(|s| {
             let before = s.pending.len();
             s.synced_through(through);
+            held_back_ready = s.held_back.is_some_and(|h| s.is_durable(h));
             s.pending.len() != before
         });
+        if held_back_ready {
+            self.held_back_ready.notify_one();
+        }
     }
 
     /// See `SyncState::own_synced`. Wakes nobody: nothing waits for it.
@@ -271,18 +283,10 @@ impl LogSync {
     }
 
     /// Waits until a commit that was held back from followers is durable
-    /// here; it is then theirs to be told.
+    /// here; it is then theirs to be told. One waiter at a time (the
+    /// node's `held_commits` task).
     pub async fn held_back_durable(&self) {
-        let mut changes = self.state.subscribe();
         loop {
-            let open = changes
-                .wait_for(|s| s.held_back.is_some_and(|h| s.is_durable(h)))
-                .await
-                .is_ok();
-            if !open {
-                // Never: `self` holds the sender.
-                return std::future::pending().await;
-            }
             let mut taken = false;
             self.state.send_if_modified(|s| {
                 taken = s.take_held_back();
@@ -291,6 +295,10 @@ impl LogSync {
             if taken {
                 return;
             }
+            // A notice given since the check above is kept for this wait
+            // (`notify_one` stores one), so none is missed; one left from
+            // a commit already taken only costs another check.
+            self.held_back_ready.notified().await;
         }
     }
 }
@@ -512,9 +520,28 @@ mod tests {
         waiter.await.unwrap().unwrap();
         held.await.unwrap();
 
+        // A sync with nothing held back does not end the wait; the sync
+        // that makes a later held-back commit durable does, even when it
+        // comes before the wait begins.
+        let held = tokio::spawn({
+            let sync = sync.clone();
+            async move { sync.held_back_durable().await }
+        });
         sync.written(3, id(1, 3));
+        sync.synced_through(sync.writes());
+        tokio::task::yield_now().await;
+        assert!(!held.is_finished(), "nothing was held back");
+        held.abort();
+        sync.written(4, id(1, 4));
+        assert_eq!(sync.commit_to_send(Some(id(1, 4))), Some(id(1, 3)));
+        sync.synced_through(sync.writes());
+        tokio::time::timeout(std::time::Duration::from_secs(10), sync.held_back_durable())
+            .await
+            .expect("the held-back commit is durable");
+
+        sync.written(5, id(1, 5));
         sync.fail(&std::io::Error::other("disk gone"));
-        let e = sync.wait_durable(3).await.unwrap_err();
+        let e = sync.wait_durable(5).await.unwrap_err();
         assert!(e.to_string().contains("disk gone"), "{e}");
         sync.wait_durable(2)
             .await
