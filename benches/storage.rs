@@ -167,8 +167,8 @@ const FLEET: u64 = WRITERS * IDS_PER_WRITER;
 /// of members cycling through a fleet of `FLEET`, each registered again
 /// and again by its own session, as instances re-registering do (and the
 /// write benchmark's writers).
-fn reregistration_source(batch: usize, first: u64) -> impl FnMut() -> Vec<Entry> {
-    let clients: Vec<String> = (0..WRITERS).map(|w| format!("bench-{w}")).collect();
+fn reregistration_source(batch: usize, first: u64) -> impl FnMut() -> Entry {
+    let clients = writer_clients();
     let (mut index, mut seq) = (first, 0u64);
     move || {
         let commands = (0..batch)
@@ -182,9 +182,35 @@ fn reregistration_source(batch: usize, first: u64) -> impl FnMut() -> Vec<Entry>
                 )
             })
             .collect();
-        let e = vec![entry(index, commands)];
         index += 1;
-        e
+        entry(index - 1, commands)
+    }
+}
+
+/// The client ids of the re-registration benchmark's sessions.
+fn writer_clients() -> Vec<String> {
+    (0..WRITERS).map(|w| format!("bench-{w}")).collect()
+}
+
+/// A registry state with a session open for each of `clients` (entry 1).
+fn with_sessions(clients: &[String]) -> RegistryState {
+    let mut state = RegistryState::default();
+    let open = Request {
+        now_ms: 1,
+        commands: clients
+            .iter()
+            .map(|c| open_session(c))
+            .collect::<Vec<_>>()
+            .into(),
+    };
+    state.apply(1, &open);
+    state
+}
+
+/// Applies `e` to `state`, as the state machine does.
+fn apply_entry(state: &mut RegistryState, e: &Entry) {
+    if let EntryPayload::Normal(request) = &e.payload {
+        state.apply(e.log_id.index, request);
     }
 }
 
@@ -196,30 +222,15 @@ fn bench_apply_pure(c: &mut Criterion) {
             BenchmarkId::new("reregistrations_per_entry", batch),
             &batch,
             |b, &batch| {
-                let mut state = RegistryState::default();
-                let open = Request {
-                    now_ms: 1,
-                    commands: (0..WRITERS)
-                        .map(|w| open_session(&format!("bench-{w}")))
-                        .collect::<Vec<_>>()
-                        .into(),
-                };
-                state.apply(1, &open);
+                let mut state = with_sessions(&writer_clients());
                 let mut source = reregistration_source(batch, 2);
                 // The fleet registered once first: what follows replaces.
                 for _ in 0..FLEET.div_ceil(batch as u64) {
-                    let e = source().remove(0);
-                    if let EntryPayload::Normal(request) = &e.payload {
-                        state.apply(e.log_id.index, request);
-                    }
+                    apply_entry(&mut state, &source());
                 }
                 b.iter_batched(
-                    || source().remove(0),
-                    |e| {
-                        if let EntryPayload::Normal(request) = &e.payload {
-                            state.apply(e.log_id.index, request);
-                        }
-                    },
+                    &mut source,
+                    |e| apply_entry(&mut state, &e),
                     criterion::BatchSize::SmallInput,
                 );
             },
@@ -231,20 +242,11 @@ fn bench_apply_pure(c: &mut Criterion) {
             BenchmarkId::new("registrations_per_entry", batch),
             &batch,
             |b, &batch| {
-                let mut state = RegistryState::default();
-                let open = Request {
-                    now_ms: 1,
-                    commands: vec![open_session("bench")].into(),
-                };
-                state.apply(1, &open);
+                let mut state = with_sessions(&["bench".to_string()]);
                 let mut source = entry_source(batch, 2);
                 b.iter_batched(
                     || source().remove(0),
-                    |e| {
-                        if let EntryPayload::Normal(request) = &e.payload {
-                            state.apply(e.log_id.index, request);
-                        }
-                    },
+                    |e| apply_entry(&mut state, &e),
                     criterion::BatchSize::SmallInput,
                 );
             },

@@ -15,8 +15,12 @@ use std::sync::Arc;
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-/// Whether the current runtime lets a task block in place.
-fn can_block_in_place() -> bool {
+/// Whether the current runtime lets a task block in place: a multi-thread
+/// one, of any number of workers. The log's quick syncs run on such a
+/// worker without telling tokio, too (see `sync_place`). tokio cannot tell
+/// whether the thread is a worker; a `block_on` or blocking-pool thread of
+/// such a runtime passes as well, and blocking it holds nothing else.
+pub(crate) fn can_block_in_place() -> bool {
     matches!(
         Handle::try_current().map(|h| h.runtime_flavor()),
         Ok(RuntimeFlavor::MultiThread)
@@ -49,5 +53,26 @@ pub async fn blocking<R: Send + 'static>(
         tokio::task::spawn_blocking(work)
             .await
             .map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_multi_thread_runtime_lets_a_worker_block() {
+        assert!(!can_block_in_place(), "outside any runtime");
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(!current.block_on(async { can_block_in_place() }));
+        for workers in [1, 2] {
+            let multi = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .build()
+                .unwrap();
+            assert!(multi.block_on(async { can_block_in_place() }));
+        }
     }
 }

@@ -35,7 +35,7 @@ use crate::durable_snapshot::DurableSnapshot;
 use crate::log_file::{LogFile, Syncs};
 use crate::log_sync::{LogSync, Syncer};
 use crate::recent::Recent;
-use crate::sync_place::{self, SyncPlace};
+use crate::sync_place::SyncPlace;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 /// The data dir's folder of log segments.
@@ -409,8 +409,8 @@ impl LogStore {
     ) -> io::Result<()> {
         let this_write = self.sync.count_write();
         let started = Instant::now();
-        let written = if self.place.on_worker(started) && sync_place::in_multi_thread_runtime() {
-            self.write_if_it_fits(write, size)
+        let written = if crate::flush::can_block_in_place() {
+            self.write_here(write, size, started)
         } else {
             Err(write)
         };
@@ -481,16 +481,12 @@ impl LogStore {
         size: (usize, usize),
     ) -> io::Result<()> {
         let started = Instant::now();
-        let write = if self.place.on_worker(started) {
-            match self.write_if_it_fits(write, size) {
-                Ok(written) => {
-                    self.place.took(started, Instant::now());
-                    return written.map(drop);
-                }
-                Err(write) => write,
+        let write = match self.write_here(write, size, started) {
+            Ok(written) => {
+                self.place.took(started, Instant::now());
+                return written.map(drop);
             }
-        } else {
-            write
+            Err(write) => write,
         };
         let shared = Arc::clone(&self.file);
         crate::flush::blocking(move || write(&mut lock(&shared)).map(drop))
@@ -498,12 +494,18 @@ impl LogStore {
             .and_then(|written| written)
     }
 
-    /// Runs `write` if it fits in the active segment, or gives it back.
-    fn write_if_it_fits<T, W: FnOnce(&mut LogFile) -> io::Result<T>>(
+    /// Runs `write` on the calling thread if the disk has been quick at
+    /// `now` (see `sync_place`) and it fits in the active segment, or gives
+    /// it back.
+    fn write_here<T, W: FnOnce(&mut LogFile) -> io::Result<T>>(
         &self,
         write: W,
         (records, bytes): (usize, usize),
+        now: Instant,
     ) -> Result<io::Result<T>, W> {
+        if !self.place.on_worker(now) {
+            return Err(write);
+        }
         let mut file = self.file();
         if file.fits(records, bytes) {
             Ok(write(&mut file))

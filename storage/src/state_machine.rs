@@ -78,6 +78,18 @@ fn snapshot_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> Storage
     StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::new(&e)).into()
 }
 
+/// Runs snapshot work that takes long (a file's I/O, encoding or decoding
+/// a large state) on a blocking thread, off the Raft runtime's workers (one,
+/// on two cores); a panic in it is a snapshot error of kind `verb`.
+async fn off_the_workers<T: Send + 'static>(
+    verb: ErrorVerb,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| snapshot_err(verb, std::io::Error::other(e)))
+}
+
 /// What a snapshot holds (borrowed, for building without a copy). The
 /// state is a [`RegistryState`] or a [`StateCopy`] of one, which encode
 /// alike.
@@ -424,11 +436,10 @@ impl StateMachineStore {
             snapshot_id: snapshot_id(last_applied, seq),
         };
         let folder = self.snapshot_folder.clone();
-        let (file, data) = tokio::task::spawn_blocking(move || {
+        let (file, data) = off_the_workers(ErrorVerb::Write, move || {
             snapshot_files::write(&folder, seq, &data).map(|file| (file, data))
         })
-        .await
-        .map_err(|e| write(std::io::Error::other(e)))?
+        .await?
         .map_err(write)?;
         let current = self.pointer()?;
         if let Some(current) = current.filter(|c| c.meta.last_log_id > last_applied) {
@@ -497,9 +508,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             };
             (StateCopy::of(&applied.state), raft)
         };
-        // Encoding takes tens of milliseconds for a large registry: off
-        // the Raft runtime's workers.
-        let (data, raft) = tokio::task::spawn_blocking(move || {
+        // Encoding takes tens of milliseconds for a large registry.
+        let (data, raft) = off_the_workers(ErrorVerb::Write, move || {
             let data = encode(&SnapshotContentRef {
                 last_applied: &raft.last_applied,
                 membership: &raft.membership,
@@ -507,8 +517,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             });
             (data, raft)
         })
-        .await
-        .map_err(|e| snapshot_err(ErrorVerb::Write, std::io::Error::other(e)))?;
+        .await?;
         let data = data.map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         // Dropped, not current, when a newer snapshot was installed
         // meanwhile: openraft then ignores it too.
@@ -585,15 +594,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        // Decoding takes tens of milliseconds for a large registry: off the
-        // Raft runtime's workers (one, on two cores), as encoding is.
+        // Decoding takes tens of milliseconds for a large registry, as
+        // encoding does.
         let checked = meta.clone();
-        let (data, content) = tokio::task::spawn_blocking(move || {
+        let (data, content) = off_the_workers(ErrorVerb::Read, move || {
             let content = SnapshotContent::decode(&data, &checked);
             (data, content)
         })
-        .await
-        .map_err(|e| snapshot_err(ErrorVerb::Read, std::io::Error::other(e)))?;
+        .await?;
         let content = content?;
 
         // The snapshot is durable, and the state a restart starts from,
@@ -624,10 +632,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         let folder = self.snapshot_folder.clone();
         let file = pointer.file.clone();
-        let data = tokio::task::spawn_blocking(move || snapshot_files::read(&folder, &file))
-            .await
-            .map_err(|e| snapshot_err(ErrorVerb::Read, std::io::Error::other(e)))?
-            .map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+        let data = off_the_workers(ErrorVerb::Read, move || {
+            snapshot_files::read(&folder, &file)
+        })
+        .await?
+        .map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
         Ok(Some(Snapshot {
             meta: pointer.meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -1064,13 +1064,7 @@ async fn session_member_index_is_rebuilt_on_reopen_and_install() {
 /// a runtime worker that a gate holder needs.
 #[test]
 fn stores_in_one_process_never_deadlock_in_sled() {
-    let multi_thread = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
+    let multi_thread = || runtime_of(4);
     let current_thread = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1680,8 +1674,8 @@ async fn append_beside_a_task(
     .unwrap()
 }
 
-/// A multi-thread runtime of `workers` workers, as the node's Raft runtime
-/// is (one worker on two cores).
+/// A multi-thread runtime of `workers` workers (the node's Raft runtime
+/// has one on two cores).
 fn runtime_of(workers: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

@@ -30,8 +30,6 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::runtime::{Handle, RuntimeFlavor};
-
 use crate::log_store::lock;
 
 /// A sync (with the write before it) that takes longer than this is slow:
@@ -83,15 +81,6 @@ impl SyncPlace {
     }
 }
 
-/// Whether the calling thread runs in a multi-thread runtime, the kind
-/// whose workers may block for a quick sync (see the module doc). tokio
-/// cannot tell whether the thread is a worker; a `block_on` or
-/// blocking-pool thread of such a runtime passes too, and blocking it
-/// holds nothing else.
-pub(crate) fn in_multi_thread_runtime() -> bool {
-    Handle::try_current().is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,21 +106,5 @@ mod tests {
         // A quick sync after that does not shorten a later hand-off.
         place.took(ended + HAND_OFF_FOR, ended + HAND_OFF_FOR);
         assert!(place.on_worker(ended + HAND_OFF_FOR));
-    }
-
-    #[test]
-    fn only_a_multi_thread_runtime_lets_a_worker_block() {
-        assert!(!in_multi_thread_runtime(), "outside any runtime");
-        let current = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        assert!(!current.block_on(async { in_multi_thread_runtime() }));
-        for workers in [1, 2] {
-            let multi = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .build()
-                .unwrap();
-            assert!(multi.block_on(async { in_multi_thread_runtime() }));
-        }
     }
 }
