@@ -519,6 +519,8 @@ impl Node {
         tracing::info!(node = self.core.id, "shutting down");
         hand_over_leadership(&self.core).await;
         self.core.shutdown.cancel();
+        // Live subscriptions end when they read this from the feed.
+        self.core.registry.close_feed();
         // Give streams a moment to send their goodbye, but never hang.
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while self.tasks.join_next().await.is_some() {}

@@ -15,7 +15,6 @@
 //! 10 000 deliveries, so this per-delivery cost decides fan-out throughput.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ use fuddle_storage::{Applied, AppliedEntry, FeedItem, Filter, Member, Registry};
 use futures::Stream;
 use tokio::sync::broadcast;
 use tokio::time::{Interval, MissedTickBehavior};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::convert::{change_to_pb, matching_members, member_to_pb};
@@ -58,22 +57,22 @@ pub struct Subscription {
 
 /// The messages of a subscription, until the client goes away (the server
 /// drops the stream) or the node shuts down (the stream ends with an
-/// error telling the client to reconnect elsewhere).
+/// error telling the client to reconnect elsewhere). Once live, a stream
+/// learns of the shutdown from the registry's feed (`Registry::close_feed`);
+/// `shutdown` covers only the wait before it is live.
 pub fn stream(
     registry: Arc<Registry>,
     sub: Subscription,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<EncodedSubscribeResponse, Status>> + Send + 'static {
     let streamer = Streamer {
-        shutdown: Box::pin(shutdown.cancelled_owned()),
-        inner: Inner {
-            registry,
-            sub,
-            out: VecDeque::new(),
-            snapshot: None,
-            live: None,
-            last: 0,
-        },
+        shutdown,
+        registry,
+        sub,
+        out: VecDeque::new(),
+        snapshot: None,
+        live: None,
+        last: 0,
     };
     // `None` once an error was yielded: the stream ends after it.
     futures::stream::unfold(Some(streamer), |streamer| async move {
@@ -87,16 +86,11 @@ pub fn stream(
 
 /// One subscription's state between two messages.
 struct Streamer {
-    /// Completes when the node stops, ending the stream. Made once: a new
-    /// `cancelled()` future per message registered and dropped a waiter
-    /// every time (about 8% of a node's time in a fan-out profile).
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Everything else.
-    inner: Inner,
-}
-
-/// A subscription's state apart from shutdown.
-struct Inner {
+    /// Cancelled when the node stops. Looked at only before the stream is
+    /// live (a resume may wait for this node to catch up); after that the
+    /// feed's [`FeedItem::Closed`] ends the stream, so that a delivery does
+    /// not poll a second future beside the feed.
+    shutdown: CancellationToken,
     /// Where the state, the history and the broadcast live.
     registry: Arc<Registry>,
     /// What the client asked for.
@@ -151,39 +145,43 @@ impl Streamer {
     /// The next message to send.
     async fn next(&mut self) -> Result<EncodedSubscribeResponse, NodeError> {
         loop {
-            if let Some(message) = self.inner.out.pop_front() {
+            if let Some(message) = self.out.pop_front() {
                 return Ok(message);
             }
-            if let Some(chunk) = self.inner.snapshot_chunk() {
+            if let Some(chunk) = self.snapshot_chunk() {
                 return Ok(chunk);
             }
-            tokio::select! {
-                biased;
-                () = self.shutdown.as_mut() => return Err(NodeError::ShuttingDown),
-                made = self.inner.make() => made?,
-            }
+            self.make().await?;
         }
     }
-}
 
-impl Inner {
     /// Waits for something to send and puts it in `out` (possibly nothing,
     /// when an entry has no change for this filter).
     async fn make(&mut self) -> Result<(), NodeError> {
         let Some(live) = &mut self.live else {
-            return self.start().await;
+            let shutdown = self.shutdown.clone();
+            return tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Err(NodeError::ShuttingDown),
+                started = self.start() => started,
+            };
         };
+        // The feed first: when an entry is waiting, the timer is not
+        // looked at.
         tokio::select! {
+            biased;
             item = live.rx.recv() => match item {
                 Ok(FeedItem::Entry(entry)) => self.entry(&entry),
                 Ok(FeedItem::Reset(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     // History before this point is gone for this subscriber:
                     // replace its view rather than leave a gap.
-                    self.resync();
+                    self.resync()?;
                 }
-                Err(broadcast::error::RecvError::Closed) => return Err(NodeError::ShuttingDown),
+                Ok(FeedItem::Closed) | Err(broadcast::error::RecvError::Closed) => {
+                    return Err(NodeError::ShuttingDown);
+                }
             },
-            _ = live.progress.tick() => self.progress(),
+            _ = live.progress.tick() => self.progress()?,
         }
         Ok(())
     }
@@ -203,15 +201,19 @@ impl Inner {
             }
             wait_for_index(&self.registry, since).await?;
         }
-        let (start, rx) = self
-            .registry
-            .read_and_subscribe(|applied| match sub.since_index {
+        let (start, rx) = self.registry.read_and_subscribe(|applied| {
+            if applied.feed.is_closed() {
+                return Err(NodeError::ShuttingDown);
+            }
+            Ok(match sub.since_index {
                 Some(since) => match applied.feed.since(since) {
                     Some(entries) => Start::Resume(entries, since),
                     None => snapshot_of(applied, &sub.filter),
                 },
                 None => snapshot_of(applied, &sub.filter),
-            });
+            })
+        });
+        let start = start?;
         let mut progress = tokio::time::interval(sub.progress_interval);
         progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // The first tick is immediate; the first progress is due one
@@ -231,9 +233,9 @@ impl Inner {
     }
 
     /// Everything queued up to the applied index, then a Progress with it.
-    fn progress(&mut self) {
+    fn progress(&mut self) -> Result<(), NodeError> {
         let Some(live) = &mut self.live else {
-            return;
+            return Ok(());
         };
         // Everything applied up to the index read under the lock is already
         // in `rx` (publishing happens under the write lock), so after
@@ -255,16 +257,13 @@ impl Inner {
             (if lagged { None } else { Some(queued) }, applied.index)
         };
         let Some(queued) = queued else {
-            self.resync();
-            return;
+            return self.resync();
         };
         for item in queued {
             match item {
                 FeedItem::Entry(entry) => self.entry(&entry),
-                FeedItem::Reset(_) => {
-                    self.resync();
-                    return;
-                }
+                FeedItem::Reset(_) => return self.resync(),
+                FeedItem::Closed => return Err(NodeError::ShuttingDown),
             }
         }
         self.last = self.last.max(index);
@@ -272,21 +271,25 @@ impl Inner {
             .push_back(encode(pb::subscribe_response::Kind::Progress(
                 pb::Progress { index: self.last },
             )));
+        Ok(())
     }
 
     /// Replaces the subscriber's view with a fresh snapshot and a new
-    /// receiver positioned right after it.
-    fn resync(&mut self) {
+    /// receiver positioned right after it; fails once the feed is closed
+    /// (such a receiver would never hear of the close).
+    fn resync(&mut self) -> Result<(), NodeError> {
         let filter = &self.sub.filter;
-        let ((members, index), rx) = self
-            .registry
-            .read_and_subscribe(|a| (matching_members(&a.state, filter), a.index));
+        let (snapshot, rx) = self.registry.read_and_subscribe(|a| {
+            (!a.feed.is_closed()).then(|| (matching_members(&a.state, filter), a.index))
+        });
+        let (members, index) = snapshot.ok_or(NodeError::ShuttingDown)?;
         if let Some(live) = &mut self.live {
             live.rx = rx;
         }
         // Messages not yet taken are older than the snapshot.
         self.out.clear();
         self.snapshot(members, index);
+        Ok(())
     }
 
     /// Starts sending a snapshot (see [`PendingSnapshot`]); the client's

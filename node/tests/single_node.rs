@@ -462,6 +462,41 @@ async fn a_large_snapshot_comes_in_ordered_chunks_then_the_changes_after_it() {
     node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_subscription_ends_with_a_goodbye_when_its_node_shuts_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let mut c = client(&node).await;
+    ready(&mut c).await;
+    let mut watch = subscribe_to(&mut c, "svc").await;
+    let first = next_message(&mut watch).await;
+    assert!(
+        matches!(first.kind, Some(pb::subscribe_response::Kind::Snapshot(_))),
+        "{first:?}"
+    );
+
+    // The stream is live and idle; shutting down must end it with the
+    // status that sends the client elsewhere, not leave it open until the
+    // node gives up waiting and drops the connection.
+    let stopping = tokio::spawn(node.shutdown());
+    let status = loop {
+        match tokio::time::timeout(DEADLINE, watch.next())
+            .await
+            .expect("the stream ends in time")
+        {
+            Some(Ok(pb::SubscribeResponse {
+                kind: Some(pb::subscribe_response::Kind::Progress(_)),
+            })) => continue,
+            Some(Ok(other)) => panic!("expected the end of the stream, got {other:?}"),
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without saying why"),
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    stopping.await.unwrap();
+}
+
 /// A subscription to the members of `service`.
 async fn subscribe_to(
     c: &mut RegistryClient<Channel>,

@@ -82,6 +82,16 @@ impl Registry {
         result
     }
 
+    /// Ends every subscription to this registry's feed: the node is
+    /// shutting down (see [`Feed::close`](crate::feed::Feed::close)).
+    pub fn close_feed(&self) {
+        self.applied
+            .write()
+            .expect("registry lock poisoned")
+            .feed
+            .close();
+    }
+
     /// Records applied changes in the feed (called under `update`).
     pub(crate) fn publish(applied: &mut Applied, entry: AppliedEntry) {
         if !entry.changes.is_empty() {
