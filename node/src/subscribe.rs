@@ -73,6 +73,7 @@ pub fn stream(
         snapshot: None,
         live: None,
         last: 0,
+        closing: false,
     };
     // `None` once an error was yielded: the stream ends after it.
     futures::stream::unfold(Some(streamer), |streamer| async move {
@@ -106,6 +107,9 @@ struct Streamer {
     live: Option<Live>,
     /// The index the client's view is complete up to.
     last: u64,
+    /// The feed said the node is shutting down: the stream ends once what
+    /// `out` and `snapshot` hold is sent.
+    closing: bool,
 }
 
 /// The live half of a subscription.
@@ -151,6 +155,9 @@ impl Streamer {
             if let Some(chunk) = self.snapshot_chunk() {
                 return Ok(chunk);
             }
+            if self.closing {
+                return Err(NodeError::ShuttingDown);
+            }
             self.make().await?;
         }
     }
@@ -178,7 +185,7 @@ impl Streamer {
                     self.resync()?;
                 }
                 Ok(FeedItem::Closed) | Err(broadcast::error::RecvError::Closed) => {
-                    return Err(NodeError::ShuttingDown);
+                    self.closing = true;
                 }
             },
             _ = live.progress.tick() => self.progress()?,
@@ -263,7 +270,13 @@ impl Streamer {
             match item {
                 FeedItem::Entry(entry) => self.entry(&entry),
                 FeedItem::Reset(_) => return self.resync(),
-                FeedItem::Closed => return Err(NodeError::ShuttingDown),
+                FeedItem::Closed => {
+                    // The entries before it are still sent, but no Progress:
+                    // entries applied after the close are not broadcast, so
+                    // the applied index read above may not be complete.
+                    self.closing = true;
+                    return Ok(());
+                }
             }
         }
         self.last = self.last.max(index);

@@ -479,19 +479,21 @@ async fn a_live_subscription_ends_with_a_goodbye_when_its_node_shuts_down() {
     // status that sends the client elsewhere, not leave it open until the
     // node gives up waiting and drops the connection.
     let stopping = tokio::spawn(node.shutdown());
-    let status = loop {
-        match tokio::time::timeout(DEADLINE, watch.next())
-            .await
-            .expect("the stream ends in time")
-        {
-            Some(Ok(pb::SubscribeResponse {
-                kind: Some(pb::subscribe_response::Kind::Progress(_)),
-            })) => continue,
-            Some(Ok(other)) => panic!("expected the end of the stream, got {other:?}"),
-            Some(Err(status)) => break status,
-            None => panic!("the stream ended without saying why"),
+    // One deadline for the whole wait: progress messages keep coming on a
+    // stream that is never ended.
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match watch.next().await {
+                Some(Ok(pb::SubscribeResponse {
+                    kind: Some(pb::subscribe_response::Kind::Progress(_)),
+                })) => continue,
+                Some(Ok(other)) => panic!("expected the end of the stream, got {other:?}"),
+                Some(Err(status)) => break status,
+                None => panic!("the stream ended without saying why"),
+            }
         }
-    };
+    });
+    let status = end.await.expect("the stream ends in time");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("shutting down"), "{status:?}");
     stopping.await.unwrap();
