@@ -29,6 +29,7 @@ pub mod sessions;
 pub mod snapshots;
 pub mod status;
 pub mod subscribe;
+pub mod subscribe_route;
 pub mod ticker;
 pub mod workers;
 

@@ -9,7 +9,7 @@ use fuddle_proto::encoded::EncodedSubscribeResponse;
 use fuddle_proto::registry as pb;
 use fuddle_proto::shared_server::registry_server::Registry as RegistryRpc;
 use fuddle_storage::{Command, Origin, Outcome};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use prost::Message;
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc};
@@ -492,33 +492,14 @@ impl RegistryRpc for RegistryService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let request = request.into_inner();
-        let filter_key = match &request.filter {
-            Some(f) if *f != pb::Filter::default() => Bytes::from(f.encode_to_vec()),
-            _ => Bytes::new(),
-        };
-        let filter = filter_from_pb(request.filter)?;
-        let progress_interval = match request.progress_interval_ms {
-            0 => self.core.config.progress_interval,
-            ms => Duration::from_millis(ms).max(MIN_PROGRESS_INTERVAL),
-        };
-        let leader_last_index = {
-            let metrics = self.core.raft.metrics();
-            let m = metrics.borrow();
-            (m.current_leader == Some(self.core.id)).then(|| m.last_log_index.unwrap_or(0))
-        };
-        let stream = subscribe::stream(
-            self.core.registry.clone(),
-            Subscription {
-                filter,
-                filter_key,
-                since_index: request.since_index,
-                progress_interval,
-                leader_last_index,
-            },
-            self.core.shutdown.clone(),
-        );
-        Ok(Response::new(Box::pin(stream)))
+        // Served by the node's own route (`subscribe_route.rs`), which sends
+        // the frames as they are; this one remains for a server built
+        // without it, and takes the frame headers off for tonic's encoder.
+        let frames = open_subscription(&self.core, request.into_inner())?;
+        let messages = frames.map(|frame| {
+            frame.map(|bytes| EncodedSubscribeResponse(bytes.slice(subscribe::GRPC_HEADER..)))
+        });
+        Ok(Response::new(Box::pin(messages)))
     }
 
     async fn cluster_status(
@@ -535,4 +516,37 @@ impl RegistryRpc for RegistryService {
         let wanted = request.into_inner().node_id;
         Ok(Response::new(self.core.node_status(wanted).await?))
     }
+}
+
+/// Checks a Subscribe request and opens its stream of gRPC frames (see
+/// `subscribe::stream`).
+pub(crate) fn open_subscription(
+    core: &Core,
+    request: pb::SubscribeRequest,
+) -> Result<impl Stream<Item = Result<Bytes, Status>> + Send + 'static, Status> {
+    let filter_key = match &request.filter {
+        Some(f) if *f != pb::Filter::default() => Bytes::from(f.encode_to_vec()),
+        _ => Bytes::new(),
+    };
+    let filter = filter_from_pb(request.filter)?;
+    let progress_interval = match request.progress_interval_ms {
+        0 => core.config.progress_interval,
+        ms => Duration::from_millis(ms).max(MIN_PROGRESS_INTERVAL),
+    };
+    let leader_last_index = {
+        let metrics = core.raft.metrics();
+        let m = metrics.borrow();
+        (m.current_leader == Some(core.id)).then(|| m.last_log_index.unwrap_or(0))
+    };
+    Ok(subscribe::stream(
+        core.registry.clone(),
+        Subscription {
+            filter,
+            filter_key,
+            since_index: request.since_index,
+            progress_interval,
+            leader_last_index,
+        },
+        core.shutdown.clone(),
+    ))
 }

@@ -29,6 +29,7 @@ use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
 use crate::registry_service::RegistryService;
 use crate::sessions::{self, Heartbeats, SessionClock};
+use crate::subscribe_route::SubscribeRoute;
 use crate::workers::Workers;
 use crate::{alone, commit_deferral, held_commits, http, membership, memory, snapshots};
 
@@ -114,9 +115,12 @@ async fn serve_grpc(
     core: Arc<Core>,
     incoming: impl tokio_stream::Stream<Item = std::io::Result<Conn>> + Send + 'static,
 ) {
-    let registry_service = RegistryServer::new(RegistryService::new(core.clone()))
-        .max_decoding_message_size(16 << 20)
-        .max_encoding_message_size(usize::MAX);
+    let registry_service = SubscribeRoute::new(
+        RegistryServer::new(RegistryService::new(core.clone()))
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(usize::MAX),
+        core.clone(),
+    );
     let raft_service = RaftServer::new(RaftService::new(core.clone()))
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);

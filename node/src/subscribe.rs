@@ -18,11 +18,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use fuddle_proto::encoded::EncodedSubscribeResponse;
+use bytes::{BufMut, Bytes};
 use fuddle_proto::registry as pb;
 use fuddle_storage::{Applied, AppliedEntry, FeedItem, Filter, Member, Registry};
 use futures::Stream;
+use prost::Message;
 use tokio::sync::broadcast;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -60,11 +60,15 @@ pub struct Subscription {
 /// error telling the client to reconnect elsewhere). Once live, a stream
 /// learns of the shutdown from the registry's feed (`Registry::close_feed`);
 /// `shutdown` covers only the wait before it is live.
+///
+/// Each message is a whole gRPC frame ([`GRPC_HEADER`] bytes, then the
+/// encoded `SubscribeResponse`): the node's own `Subscribe` route
+/// (`subscribe_route.rs`) sends them as they are.
 pub fn stream(
     registry: Arc<Registry>,
     sub: Subscription,
     shutdown: CancellationToken,
-) -> impl Stream<Item = Result<EncodedSubscribeResponse, Status>> + Send + 'static {
+) -> impl Stream<Item = Result<Bytes, Status>> + Send + 'static {
     let streamer = Streamer {
         shutdown,
         registry,
@@ -96,11 +100,11 @@ struct Streamer {
     registry: Arc<Registry>,
     /// What the client asked for.
     sub: Subscription,
-    /// Messages made but not yet taken by the server (a resumed history,
-    /// entries, progress). Empty while `snapshot` is set: every way of
-    /// setting it clears or finds `out` empty, and nothing is added to
-    /// `out` until the snapshot is sent.
-    out: VecDeque<EncodedSubscribeResponse>,
+    /// Messages (gRPC frames) made but not yet taken by the server (a
+    /// resumed history, entries, progress). Empty while `snapshot` is set:
+    /// every way of setting it clears or finds `out` empty, and nothing is
+    /// added to `out` until the snapshot is sent.
+    out: VecDeque<Bytes>,
     /// A snapshot still being sent.
     snapshot: Option<PendingSnapshot>,
     /// The broadcast receiver and progress timer, once the start is sent.
@@ -141,13 +145,28 @@ fn snapshot_of(applied: &Applied, filter: &Filter) -> Start {
     Start::Snapshot(matching_members(&applied.state, filter), applied.index)
 }
 
-fn encode(kind: pb::subscribe_response::Kind) -> EncodedSubscribeResponse {
-    EncodedSubscribeResponse::new(&pb::SubscribeResponse { kind: Some(kind) })
+/// The length of a gRPC message's frame header: a compression flag, then
+/// the message's length as a big-endian `u32`.
+pub const GRPC_HEADER: usize = 5;
+
+/// A message as one uncompressed gRPC frame.
+fn encode(kind: pb::subscribe_response::Kind) -> Bytes {
+    let message = pb::SubscribeResponse { kind: Some(kind) };
+    let len = message.encoded_len();
+    let mut frame = Vec::with_capacity(GRPC_HEADER + len);
+    frame.put_u8(0);
+    // A message past 4 GiB cannot be framed; snapshot chunks and entries
+    // are bounded far below that (`SNAPSHOT_CHUNK`, the entry size limit).
+    frame.put_u32(u32::try_from(len).expect("a subscription message under 4 GiB"));
+    message
+        .encode(&mut frame)
+        .expect("a Vec grows to fit the message");
+    Bytes::from(frame)
 }
 
 impl Streamer {
     /// The next message to send.
-    async fn next(&mut self) -> Result<EncodedSubscribeResponse, NodeError> {
+    async fn next(&mut self) -> Result<Bytes, NodeError> {
         loop {
             if let Some(message) = self.out.pop_front() {
                 return Ok(message);
@@ -318,7 +337,7 @@ impl Streamer {
     /// The next message of the snapshot being sent, if any: up to
     /// `SNAPSHOT_CHUNK` members, with `more` set on all but the last (an
     /// empty snapshot is one message with no member).
-    fn snapshot_chunk(&mut self) -> Option<EncodedSubscribeResponse> {
+    fn snapshot_chunk(&mut self) -> Option<Bytes> {
         let pending = self.snapshot.as_mut()?;
         let members: Vec<pb::Member> = pending
             .members
@@ -361,11 +380,10 @@ impl Streamer {
                     index: entry.index,
                     changes,
                 }))
-                .0
             })
         });
         if let Some(bytes) = encoded {
-            self.out.push_back(EncodedSubscribeResponse(bytes));
+            self.out.push_back(bytes);
         }
     }
 }
