@@ -3,8 +3,9 @@
 //!
 //! The public service is generated twice: once whole (messages, client,
 //! server), and once as a server only whose Subscribe stream carries
-//! pre-encoded messages, so that a node encodes an event once and sends the
-//! same bytes to every subscriber.
+//! pre-encoded messages. The node answers Subscribe with a route of its own
+//! (`node/src/subscribe_route.rs`), which sends every subscriber the same
+//! frames; the generated method is what a server without that route uses.
 
 use std::path::PathBuf;
 

@@ -68,6 +68,11 @@ pub enum NodeError {
         /// What failed.
         reason: String,
     },
+    /// A subscription message too large for one gRPC message.
+    #[error(
+        "a subscription message would be 4 GiB or more, past what gRPC can frame (an entry changing very many large members at once); subscribe with a narrower filter"
+    )]
+    MessageTooLarge,
     /// A broken invariant or a storage failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -95,7 +100,7 @@ impl NodeError {
             // The write may still be applied: not UNAVAILABLE, which tells
             // a client the request surely was not carried out.
             NodeError::Timeout(_) => Code::DeadlineExceeded,
-            NodeError::TooManyWrites(_) => Code::ResourceExhausted,
+            NodeError::TooManyWrites(_) | NodeError::MessageTooLarge => Code::ResourceExhausted,
             NodeError::Internal(_) => Code::Internal,
         }
     }
@@ -127,6 +132,7 @@ mod tests {
         assert_eq!(NodeError::from(owned).code(), Code::AlreadyExists);
         assert_eq!(NodeError::NoLeader.code(), Code::Unavailable);
         assert_eq!(NodeError::TooManyWrites(64).code(), Code::ResourceExhausted);
+        assert_eq!(NodeError::MessageTooLarge.code(), Code::ResourceExhausted);
         let not_leader = NodeError::NotLeader {
             leader: Some((7, "10.0.0.1:8220".into())),
         };

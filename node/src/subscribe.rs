@@ -10,8 +10,8 @@
 //! A subscription is a stream that the gRPC server pulls, not a task that
 //! pushes into a channel: one entry reaches a subscriber with one task
 //! wake-up instead of two and no channel in between, and when several
-//! entries are waiting, the server takes them all in one poll and writes
-//! them in one frame. With 10 000 subscribers every committed change costs
+//! entries are waiting, the server takes them all in one poll (a DATA
+//! frame each) and they leave in one write. With 10 000 subscribers every committed change costs
 //! 10 000 deliveries, so this per-delivery cost decides fan-out throughput.
 
 use std::collections::VecDeque;
@@ -149,20 +149,26 @@ fn snapshot_of(applied: &Applied, filter: &Filter) -> Start {
 /// the message's length as a big-endian `u32`.
 pub const GRPC_HEADER: usize = 5;
 
-/// A message as one uncompressed gRPC frame.
-fn encode(kind: pb::subscribe_response::Kind) -> Bytes {
+/// A message as one uncompressed gRPC frame. A message of 4 GiB or more
+/// cannot be framed (the length is a `u32`): an entry that marks down
+/// every member of a session of a hundred thousand members with large
+/// metadata could come near that, and is refused rather than cut.
+fn encode(kind: pb::subscribe_response::Kind) -> Result<Bytes, NodeError> {
     let message = pb::SubscribeResponse { kind: Some(kind) };
     let len = message.encoded_len();
+    let framed_len = u32::try_from(len).map_err(|_| NodeError::MessageTooLarge)?;
     let mut frame = Vec::with_capacity(GRPC_HEADER + len);
     frame.put_u8(0);
-    // A message past 4 GiB cannot be framed; snapshot chunks and entries
-    // are bounded far below that (`SNAPSHOT_CHUNK`, the entry size limit).
-    frame.put_u32(u32::try_from(len).expect("a subscription message under 4 GiB"));
+    frame.put_u32(framed_len);
     message
         .encode(&mut frame)
         .expect("a Vec grows to fit the message");
-    Bytes::from(frame)
+    Ok(Bytes::from(frame))
 }
+
+/// What an entry's cache holds for a filter whose message could not be
+/// framed: never a frame, which is at least `GRPC_HEADER` bytes long.
+const UNFRAMEABLE: Bytes = Bytes::new();
 
 impl Streamer {
     /// The next message to send.
@@ -172,7 +178,7 @@ impl Streamer {
                 return Ok(message);
             }
             if let Some(chunk) = self.snapshot_chunk() {
-                return Ok(chunk);
+                return chunk;
             }
             if self.closing {
                 return Err(NodeError::ShuttingDown);
@@ -197,7 +203,7 @@ impl Streamer {
         tokio::select! {
             biased;
             item = live.rx.recv() => match item {
-                Ok(FeedItem::Entry(entry)) => self.entry(&entry),
+                Ok(FeedItem::Entry(entry)) => self.entry(&entry)?,
                 Ok(FeedItem::Reset(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     // History before this point is gone for this subscriber:
                     // replace its view rather than leave a gap.
@@ -251,7 +257,7 @@ impl Streamer {
             Start::Resume(entries, since) => {
                 self.last = since;
                 for entry in entries {
-                    self.entry(&entry);
+                    self.entry(&entry)?;
                 }
             }
         }
@@ -287,7 +293,7 @@ impl Streamer {
         };
         for item in queued {
             match item {
-                FeedItem::Entry(entry) => self.entry(&entry),
+                FeedItem::Entry(entry) => self.entry(&entry)?,
                 FeedItem::Reset(_) => return self.resync(),
                 FeedItem::Closed => {
                     // The entries before it are still sent, but no Progress:
@@ -302,7 +308,7 @@ impl Streamer {
         self.out
             .push_back(encode(pb::subscribe_response::Kind::Progress(
                 pb::Progress { index: self.last },
-            )));
+            ))?);
         Ok(())
     }
 
@@ -337,7 +343,7 @@ impl Streamer {
     /// The next message of the snapshot being sent, if any: up to
     /// `SNAPSHOT_CHUNK` members, with `more` set on all but the last (an
     /// empty snapshot is one message with no member).
-    fn snapshot_chunk(&mut self) -> Option<Bytes> {
+    fn snapshot_chunk(&mut self) -> Option<Result<Bytes, NodeError>> {
         let pending = self.snapshot.as_mut()?;
         let members: Vec<pb::Member> = pending
             .members
@@ -361,9 +367,9 @@ impl Streamer {
 
     /// Queues an entry's changes if it is newer than what the client has
     /// and any change passes the filter.
-    fn entry(&mut self, entry: &AppliedEntry) {
+    fn entry(&mut self, entry: &AppliedEntry) -> Result<(), NodeError> {
         if entry.index <= self.last {
-            return;
+            return Ok(());
         }
         self.last = entry.index;
         let filter = &self.sub.filter;
@@ -380,10 +386,18 @@ impl Streamer {
                     index: entry.index,
                     changes,
                 }))
+                // Remembered, so that the other subscribers do not encode
+                // gigabytes again to learn the same.
+                .unwrap_or(UNFRAMEABLE)
             })
         });
-        if let Some(bytes) = encoded {
-            self.out.push_back(bytes);
+        match encoded {
+            Some(bytes) if bytes.is_empty() => Err(NodeError::MessageTooLarge),
+            Some(bytes) => {
+                self.out.push_back(bytes);
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 }

@@ -1,8 +1,11 @@
 //! A Subscribe message encoded ahead of time.
 //!
-//! A node sends the same event to many subscribers. Encoding it once and
-//! handing every stream the same bytes (a reference-counted [`Bytes`])
-//! saves one encoding and one copy of the member data per subscriber.
+//! A node sends the same event to many subscribers and encodes it once.
+//! This is the form the generated server's Subscribe method carries;
+//! tonic's encoder copies it into each stream's buffer, so the node
+//! answers Subscribe with a route of its own that sends the shared bytes
+//! as they are (`node/src/subscribe_route.rs`) and uses this type only
+//! behind the generated method.
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::DecodeError;
@@ -10,8 +13,8 @@ use prost::encoding::{DecodeContext, WireType};
 
 use crate::registry::SubscribeResponse;
 
-/// The encoded body of a [`SubscribeResponse`]. Only ever encoded (by the
-/// node's server); clients decode the real message.
+/// The encoded body of a [`SubscribeResponse`]. Only ever encoded (by a
+/// node); clients decode the real message.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EncodedSubscribeResponse(pub Bytes);
 

@@ -1,5 +1,6 @@
 //! Fuddle's gRPC protocol: generated code, and the one hand-written
-//! message type that lets a node share encoded events between streams.
+//! message type for pre-encoded Subscribe messages (the generated server's
+//! form; the node sends its shared frames through a route of its own).
 //!
 //! `registry` is the public API (package `fuddle.v1`); `raft` is the internal
 //! node-to-node service (package `fuddle.raft.v1`); `shared_server` is the
