@@ -25,6 +25,10 @@ use crate::subscribe::{self, Subscription};
 /// with `RESOURCE_EXHAUSTED`. The SDK keeps below it.
 pub const MAX_STREAM_WRITES: usize = 64;
 
+/// The largest request message the registry service reads (tonic's limit
+/// for its methods, and the node's own `Subscribe` route's).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
 /// Shortest progress interval a subscriber may ask for.
 const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 

@@ -27,7 +27,7 @@ use crate::network::Network;
 use crate::peers::Peers;
 use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
-use crate::registry_service::RegistryService;
+use crate::registry_service::{MAX_REQUEST_BYTES, RegistryService};
 use crate::sessions::{self, Heartbeats, SessionClock};
 use crate::subscribe_route::SubscribeRoute;
 use crate::workers::Workers;
@@ -117,7 +117,7 @@ async fn serve_grpc(
 ) {
     let registry_service = SubscribeRoute::new(
         RegistryServer::new(RegistryService::new(core.clone()))
-            .max_decoding_message_size(16 << 20)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(usize::MAX),
         core.clone(),
     );

@@ -233,19 +233,16 @@ impl Streamer {
             }
             wait_for_index(&self.registry, since).await?;
         }
-        let (start, rx) = self.registry.read_and_subscribe(|applied| {
-            if applied.feed.is_closed() {
-                return Err(NodeError::ShuttingDown);
-            }
-            Ok(match sub.since_index {
+        let (start, rx) = self
+            .registry
+            .read_and_subscribe(|applied| match sub.since_index {
                 Some(since) => match applied.feed.since(since) {
                     Some(entries) => Start::Resume(entries, since),
                     None => snapshot_of(applied, &sub.filter),
                 },
                 None => snapshot_of(applied, &sub.filter),
             })
-        });
-        let start = start?;
+            .ok_or(NodeError::ShuttingDown)?;
         let mut progress = tokio::time::interval(sub.progress_interval);
         progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // The first tick is immediate; the first progress is due one
@@ -313,14 +310,13 @@ impl Streamer {
     }
 
     /// Replaces the subscriber's view with a fresh snapshot and a new
-    /// receiver positioned right after it; fails once the feed is closed
-    /// (such a receiver would never hear of the close).
+    /// receiver positioned right after it; fails once the feed is closed.
     fn resync(&mut self) -> Result<(), NodeError> {
         let filter = &self.sub.filter;
-        let (snapshot, rx) = self.registry.read_and_subscribe(|a| {
-            (!a.feed.is_closed()).then(|| (matching_members(&a.state, filter), a.index))
-        });
-        let (members, index) = snapshot.ok_or(NodeError::ShuttingDown)?;
+        let ((members, index), rx) = self
+            .registry
+            .read_and_subscribe(|a| (matching_members(&a.state, filter), a.index))
+            .ok_or(NodeError::ShuttingDown)?;
         if let Some(live) = &mut self.live {
             live.rx = rx;
         }

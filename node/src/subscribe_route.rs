@@ -31,15 +31,11 @@ use tonic::server::NamedService;
 use tower::Service;
 
 use crate::core::Core;
-use crate::registry_service::open_subscription;
+use crate::registry_service::{MAX_REQUEST_BYTES, open_subscription};
 use crate::subscribe::GRPC_HEADER;
 
 /// The method this route serves.
 pub const SUBSCRIBE_PATH: &str = "/fuddle.v1.Registry/Subscribe";
-
-/// The largest Subscribe request read, as for every other request of the
-/// registry service (`server.rs`).
-const MAX_REQUEST: usize = 16 << 20;
 
 /// The registry service `inner` with `Subscribe` served here.
 #[derive(Clone)]
@@ -100,7 +96,7 @@ async fn subscribe(
             "grpc-encoding: {encoding:?} is not supported; send the request uncompressed"
         )));
     }
-    let body = Limited::new(request.into_body(), MAX_REQUEST)
+    let body = Limited::new(request.into_body(), MAX_REQUEST_BYTES)
         .collect()
         .await
         .map_err(|e| Status::invalid_argument(format!("request: cannot be read: {e}")))?

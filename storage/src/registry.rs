@@ -63,13 +63,18 @@ impl Registry {
 
     /// Reads the state and subscribes to what follows it, atomically: the
     /// receiver gets exactly the entries after the state that `f` saw.
+    /// `None` (and `f` not run) once the feed is closed: a receiver made
+    /// then would never hear of the close, and would wait for ever.
     pub fn read_and_subscribe<R>(
         &self,
         f: impl FnOnce(&Applied) -> R,
-    ) -> (R, broadcast::Receiver<FeedItem>) {
+    ) -> Option<(R, broadcast::Receiver<FeedItem>)> {
         let applied = self.read();
+        if applied.feed.is_closed() {
+            return None;
+        }
         let rx = applied.feed.subscribe();
-        (f(&applied), rx)
+        Some((f(&applied), rx))
     }
 
     /// Runs an update of the state (the state machine's apply or install).
@@ -97,5 +102,22 @@ impl Registry {
         if !entry.changes.is_empty() {
             applied.feed.push(entry);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_feed_takes_no_new_subscriber() {
+        let registry = Registry::new(RegistryState::default(), 4, FeedConfig::default());
+        let (index, mut rx) = registry.read_and_subscribe(|a| a.index).unwrap();
+        assert_eq!(index, 4);
+        registry.close_feed();
+        assert!(matches!(rx.try_recv(), Ok(FeedItem::Closed)));
+        let mut ran = false;
+        assert!(registry.read_and_subscribe(|_| ran = true).is_none());
+        assert!(!ran, "nothing is read for a subscriber that is refused");
     }
 }

@@ -272,7 +272,10 @@ async fn snapshot_build_then_install_gives_an_identical_state() {
     ])
     .await
     .unwrap();
-    let (seen, mut rx) = sm_b.registry().read_and_subscribe(|a| a.index);
+    let (seen, mut rx) = sm_b
+        .registry()
+        .read_and_subscribe(|a| a.index)
+        .expect("the feed is open");
     assert_eq!(seen, 2);
 
     let mut received = sm_b.begin_receiving_snapshot().await.unwrap();
@@ -906,8 +909,9 @@ async fn the_feed_holds_applied_entries_and_delivers_later_ones() {
     }
 
     let registry = sm.registry();
-    let ((index, members), mut rx) =
-        registry.read_and_subscribe(|a| (a.index, a.state.members.len()));
+    let ((index, members), mut rx) = registry
+        .read_and_subscribe(|a| (a.index, a.state.members.len()))
+        .expect("the feed is open");
     assert_eq!((index, members), (3, 3));
     assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
     let mut watch = registry.watch_index();
@@ -968,7 +972,9 @@ async fn install_snapshot_resets_the_feed() {
     assert_eq!(feed_indexes(&sm_b, 0), Some(vec![2, 3]));
 
     let registry = sm_b.registry();
-    let (_, mut rx) = registry.read_and_subscribe(|_| ());
+    let (_, mut rx) = registry
+        .read_and_subscribe(|_| ())
+        .expect("the feed is open");
     let snap = snapshot_now(&mut sm_a).await;
     let mut received = sm_b.begin_receiving_snapshot().await.unwrap();
     received.write_all(snap.snapshot.get_ref()).unwrap();
