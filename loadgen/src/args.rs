@@ -116,8 +116,9 @@ pub struct FanoutArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub writers: u32,
 
-    /// How many gRPC connections the subscribers share (the writers use
-    /// the same ones).
+    /// How many gRPC connections the subscribers share. The writers have
+    /// their own (one per writer, at most 16) on a thread of their own, as
+    /// the separate processes they stand for would.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub conns: u32,
 

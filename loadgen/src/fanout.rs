@@ -32,7 +32,8 @@ const POLL: Duration = Duration::from_millis(20);
 pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<FanoutReport> {
     let conns = args.conns as usize;
     let subscribers = args.subscribers as usize;
-    let system = S::connect(&cli.endpoints, conns, &run_tag()).await?;
+    let tag = run_tag();
+    let system = S::connect(&cli.endpoints, conns, &tag).await?;
 
     // Every subscription is established before the first write, so every
     // subscriber is due every change.
@@ -48,7 +49,7 @@ pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<
     bar.finish_and_clear();
     let setup_s = setup_start.elapsed().as_secs_f64();
 
-    let writers = open_writers(&system, args.writers as usize, args.value_bytes, bars).await?;
+    let mut writing = Writing::<S>::open(cli, args, tag, bars).await?;
 
     let shared = Arc::new(Shared::new());
     let receivers: Vec<JoinHandle<()>> = opened
@@ -64,7 +65,7 @@ pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<
     let write_start = Instant::now();
     let counts = split(args.updates, args.writers);
     let written = Arc::new(AtomicU64::new(0));
-    let senders: Vec<JoinHandle<Sent<S::Writer>>> = writers
+    let senders: Vec<JoinHandle<Sent<S::Writer>>> = std::mem::take(&mut writing.writers)
         .into_iter()
         .zip(counts)
         .map(|(writer, count)| {
@@ -72,7 +73,9 @@ pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<
             let period = args
                 .rate
                 .map(|rate| Duration::from_secs_f64(f64::from(args.writers) / rate));
-            tokio::spawn(send(writer, count, period, written.clone()))
+            writing
+                .runtime
+                .spawn(send(writer, count, period, written.clone()))
         })
         .collect();
 
@@ -127,7 +130,7 @@ pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<
     for receiver in receivers {
         let _ = receiver.await;
     }
-    system.close_writers(writers).await;
+    writing.close(writers).await;
 
     let mut latency = histogram();
     for shard in &shared.shards {
@@ -168,6 +171,65 @@ pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<
         write_latency: Latency::of(&write_latency),
         bench_cpu_cores,
     })
+}
+
+/// The writers, on a runtime and connections of their own: in a
+/// deployment they are other processes than the subscribers. Sharing the
+/// subscribers' runtime, a writer's answer waited in the run queue behind
+/// thousands of subscriber tasks busy with the previous change, so a
+/// single writer wrote at the pace of the generator's own backlog.
+struct Writing<S: System> {
+    /// One worker thread, for the writers' tasks and their connections.
+    runtime: tokio::runtime::Runtime,
+    /// The writers' connections.
+    system: Arc<S>,
+    /// The writers, until they are handed to their tasks.
+    writers: Vec<S::Writer>,
+}
+
+impl<S: System> Writing<S> {
+    /// Connects (one connection per writer, at most 16, as the write
+    /// workload) and opens the writers' sessions, all on the new runtime.
+    async fn open(cli: &Cli, args: &FanoutArgs, tag: String, bars: bool) -> Result<Writing<S>> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fuddle-bench-writers")
+            .enable_all()
+            .build()
+            .context("starting the writers' runtime")?;
+        let endpoints = cli.endpoints.clone();
+        let (count, value_bytes) = (args.writers as usize, args.value_bytes);
+        let opened = runtime.spawn(async move {
+            let system = Arc::new(S::connect(&endpoints, count.min(16), &tag).await?);
+            let writers = open_writers(&*system, count, value_bytes, bars).await?;
+            anyhow::Ok((system, writers))
+        });
+        let opened = opened.await.context("opening the writers panicked");
+        match opened {
+            Ok(Ok((system, writers))) => Ok(Writing {
+                runtime,
+                system,
+                writers,
+            }),
+            Ok(Err(err)) | Err(err) => {
+                runtime.shutdown_background();
+                Err(err)
+            }
+        }
+    }
+
+    /// Ends the writers' sessions and stops their runtime.
+    async fn close(self, writers: Vec<S::Writer>) {
+        let system = self.system.clone();
+        let closed = self
+            .runtime
+            .spawn(async move { system.close_writers(writers).await });
+        if closed.await.is_err() {
+            eprintln!("fuddle-bench: closing the writers' sessions panicked");
+        }
+        // Dropping a runtime blocks, which an async context must not do.
+        self.runtime.shutdown_background();
+    }
 }
 
 /// `total` split into `parts` nearly equal shares.
