@@ -19,6 +19,9 @@
 #   UPDATES=100       changes made in each fan-out workload
 #   FANOUT_WRITERS="1 16"  writer counts of the fan-out workloads
 #   FANOUT_CONNS=16   gRPC connections the subscribers are spread over
+#   FANOUT_RATE=10    updates/s of the paced fan-out (one writer): the same
+#                     offered load for both, where delivery latency compares
+#                     like with like; 0 skips it
 #   DEADLINE=60s      how long a fan-out waits for late deliveries
 #   PAUSE=2           seconds of rest between two measurements
 #   ROUNDS=1          measurements of each workload on each system; with
@@ -39,6 +42,7 @@ SUBSCRIBERS=${SUBSCRIBERS:-10000}
 UPDATES=${UPDATES:-100}
 FANOUT_WRITERS=${FANOUT_WRITERS:-1 16}
 FANOUT_CONNS=${FANOUT_CONNS:-16}
+FANOUT_RATE=${FANOUT_RATE:-10}
 DEADLINE=${DEADLINE:-60s}
 PAUSE=${PAUSE:-2}
 KEEP=${KEEP:-0}
@@ -386,8 +390,8 @@ join_commas() {
 printf 'Fuddle vs etcd on %s (%s cores, %s), %s\n' "$(hostname)" "$(nproc)" \
     "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)" "$(date -u +%FT%TZ)"
 printf '%s; %s\n' "$(etcd --version | head -n1)" "$("$NODE" --version)"
-printf 'DURATION=%s WARMUP=%s CLIENTS=%s SUBSCRIBERS=%s UPDATES=%s FANOUT_WRITERS="%s" FANOUT_CONNS=%s\n' \
-    "$DURATION" "$WARMUP" "$CLIENTS" "$SUBSCRIBERS" "$UPDATES" "$FANOUT_WRITERS" "$FANOUT_CONNS"
+printf 'DURATION=%s WARMUP=%s CLIENTS=%s SUBSCRIBERS=%s UPDATES=%s FANOUT_WRITERS="%s" FANOUT_CONNS=%s FANOUT_RATE=%s\n' \
+    "$DURATION" "$WARMUP" "$CLIENTS" "$SUBSCRIBERS" "$UPDATES" "$FANOUT_WRITERS" "$FANOUT_CONNS" "$FANOUT_RATE"
 
 # Three nodes each.
 start_etcd etcd3 3
@@ -405,6 +409,14 @@ for writers in $FANOUT_WRITERS; do
         fanout --subscribers "$SUBSCRIBERS" --updates "$UPDATES" --writers "$writers" \
         --conns "$FANOUT_CONNS" --deadline "$DEADLINE"
 done
+# Unpaced, a writer writes as fast as it is answered, and a system that
+# answers faster than it fans out builds a backlog: its delivery latency
+# then measures the backlog. At a rate both sustain, it measures delivery.
+if [[ $FANOUT_RATE != 0 ]]; then
+    compare "fanout, 3 nodes, $SUBSCRIBERS subs, $FANOUT_RATE/s paced" "$E3" "$F3" \
+        fanout --subscribers "$SUBSCRIBERS" --updates "$UPDATES" --writers 1 \
+        --rate "$FANOUT_RATE" --conns "$FANOUT_CONNS" --deadline "$DEADLINE"
+fi
 stop "${THREE[@]}"
 
 # One node each: the single writer's latency without replication.
