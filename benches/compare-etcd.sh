@@ -21,7 +21,7 @@
 #   FANOUT_CONNS=16   gRPC connections the subscribers are spread over
 #   FANOUT_RATE=10    updates/s of the paced fan-out (one writer): the same
 #                     offered load for both, where delivery latency compares
-#                     like with like; 0 skips it
+#                     like with like; 0 (or anything not above 0) skips it
 #   DEADLINE=60s      how long a fan-out waits for late deliveries
 #   PAUSE=2           seconds of rest between two measurements
 #   ROUNDS=1          measurements of each workload on each system; with
@@ -412,7 +412,7 @@ done
 # Unpaced, a writer writes as fast as it is answered, and a system that
 # answers faster than it fans out builds a backlog: its delivery latency
 # then measures the backlog. At a rate both sustain, it measures delivery.
-if [[ $FANOUT_RATE != 0 ]]; then
+if awk -v rate="$FANOUT_RATE" 'BEGIN { exit !(rate > 0) }'; then
     compare "fanout, 3 nodes, $SUBSCRIBERS subs, $FANOUT_RATE/s paced" "$E3" "$F3" \
         fanout --subscribers "$SUBSCRIBERS" --updates "$UPDATES" --writers 1 \
         --rate "$FANOUT_RATE" --conns "$FANOUT_CONNS" --deadline "$DEADLINE"

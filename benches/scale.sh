@@ -26,7 +26,7 @@ cargo build --release -q --bin fuddle-node --bin fuddle-bench
 TARGET=$(cargo metadata --no-deps --format-version 1 |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 NODE=${NODE:-$TARGET/release/fuddle-node}
-BENCH=$TARGET/release/fuddle-bench
+BENCH=${BENCH:-$TARGET/release/fuddle-bench}
 
 WORK=$(mktemp -d)
 NODE_PID=

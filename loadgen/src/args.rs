@@ -122,9 +122,9 @@ pub struct FanoutArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub conns: u32,
 
-    /// Writes per second across all writers; without it they write as fast
-    /// as answers come.
-    #[arg(long)]
+    /// Writes per second across all writers (more than 0); without it they
+    /// write as fast as answers come.
+    #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
 
     /// Bytes of payload per write.
@@ -137,6 +137,30 @@ pub struct FanoutArgs {
     pub deadline: Duration,
 }
 
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "expected a number of writes per second above 0, got {text:?}"
+        )),
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 500ms, 10s, 2m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_is_a_number_above_zero() {
+        assert_eq!(parse_rate("10"), Ok(10.0));
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        for bad in ["0", "0.0", "-3", "inf", "NaN", "fast"] {
+            let err = parse_rate(bad).unwrap_err();
+            assert!(err.contains("above 0"), "{bad}: {err}");
+        }
+    }
 }

@@ -74,7 +74,7 @@ pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<
                 .rate
                 .map(|rate| Duration::from_secs_f64(f64::from(args.writers) / rate));
             writing
-                .runtime
+                .runtime()
                 .spawn(send(writer, count, period, written.clone()))
         })
         .collect();
@@ -126,10 +126,15 @@ pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<
         writers.push(sent.writer);
     }
     // The subscriptions go before the sessions, so that the removals the
-    // closing makes are not delivered to anyone.
+    // closing makes are not delivered to anyone: the receivers end, and
+    // dropping the subscribers' connections ends their streams on the
+    // nodes. The sessions close on the writers' own connections, so a
+    // node may still be ending some streams when the removals come; the
+    // CPU meter stopped before either.
     for receiver in receivers {
         let _ = receiver.await;
     }
+    drop(system);
     writing.close(writers).await;
 
     let mut latency = histogram();
@@ -180,7 +185,10 @@ pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<
 /// single writer wrote at the pace of the generator's own backlog.
 struct Writing<S: System> {
     /// One worker thread, for the writers' tasks and their connections.
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped: a runtime dropped in an async context
+    /// panics, so `Drop` shuts it down in the background instead, on every
+    /// path out of the run, an early error's included.
+    runtime: Option<tokio::runtime::Runtime>,
     /// The writers' connections.
     system: Arc<S>,
     /// The writers, until they are handed to their tasks.
@@ -207,7 +215,7 @@ impl<S: System> Writing<S> {
         let opened = opened.await.context("opening the writers panicked");
         match opened {
             Ok(Ok((system, writers))) => Ok(Writing {
-                runtime,
+                runtime: Some(runtime),
                 system,
                 writers,
             }),
@@ -218,17 +226,30 @@ impl<S: System> Writing<S> {
         }
     }
 
-    /// Ends the writers' sessions and stops their runtime.
+    /// Where the writers' tasks run.
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime
+            .as_ref()
+            .expect("the runtime is there until drop")
+    }
+
+    /// Ends the writers' sessions; dropping `self` then stops the runtime.
     async fn close(self, writers: Vec<S::Writer>) {
         let system = self.system.clone();
         let closed = self
-            .runtime
+            .runtime()
             .spawn(async move { system.close_writers(writers).await });
         if closed.await.is_err() {
             eprintln!("fuddle-bench: closing the writers' sessions panicked");
         }
-        // Dropping a runtime blocks, which an async context must not do.
-        self.runtime.shutdown_background();
+    }
+}
+
+impl<S: System> Drop for Writing<S> {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

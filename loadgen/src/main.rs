@@ -12,15 +12,6 @@ mod scale;
 mod system;
 mod write;
 
-// mimalloc rather than glibc's allocator: a fan-out run frees on one thread
-// what h2 allocated on another, thousands of times per millisecond, and
-// glibc's malloc and free were a tenth of the generator's samples. With
-// mimalloc the generator spent about 10% less CPU per delivery (three
-// pairs). The generator drives etcd and Fuddle alike, so the comparison
-// stays even. The node keeps glibc's: see docs/benchmarks.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

@@ -151,8 +151,11 @@ const COALESCE_BYTES: usize = 4 * 1024;
 struct Frames {
     /// The subscription (see `subscribe::stream`).
     frames: Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>,
+    /// A frame taken while gathering that would have taken the gathering
+    /// past [`COALESCE_BYTES`]: it goes next, before anything else.
+    held: Option<Bytes>,
     /// How the subscription ended, when it ended while frames before it
-    /// were being gathered: sent as trailers on the next poll.
+    /// were being gathered: sent as trailers once they are.
     end: Option<Status>,
     /// The trailers were sent: nothing follows.
     ended: bool,
@@ -162,18 +165,25 @@ impl Frames {
     fn new(frames: Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>) -> Frames {
         Frames {
             frames,
+            held: None,
             end: None,
             ended: false,
         }
     }
 
-    /// `first`, followed by every frame the subscription has ready at
-    /// once, up to [`COALESCE_BYTES`]. A frame alone is passed on as it is
-    /// (shared with the entry's other subscribers); several are copied
-    /// into one buffer, which costs less than a DATA frame each.
+    /// `first`, followed by the frames the subscription has ready at once
+    /// while they fit in [`COALESCE_BYTES`] together. A frame alone is
+    /// passed on as it is (shared with the entry's other subscribers), and
+    /// so is one that does not fit, on the next poll; frames gathered
+    /// together are copied into one buffer, which costs less than a DATA
+    /// frame each.
     fn gather(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
         let mut gathered: Option<BytesMut> = None;
-        while gathered.as_ref().map_or(first.len(), BytesMut::len) < COALESCE_BYTES {
+        loop {
+            let len = gathered.as_ref().map_or(first.len(), BytesMut::len);
+            if len >= COALESCE_BYTES {
+                break;
+            }
             let next = match self.frames.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(next))) => next,
                 Poll::Ready(Some(Err(status))) => {
@@ -186,9 +196,13 @@ impl Frames {
                 }
                 Poll::Pending => break,
             };
+            if len + next.len() > COALESCE_BYTES {
+                self.held = Some(next);
+                break;
+            }
             gathered
                 .get_or_insert_with(|| {
-                    let mut buf = BytesMut::with_capacity(COALESCE_BYTES.max(first.len()));
+                    let mut buf = BytesMut::with_capacity(len + next.len());
                     buf.extend_from_slice(&first);
                     buf
                 })
@@ -208,6 +222,16 @@ impl http_body::Body for Frames {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         if self.ended {
             return Poll::Ready(None);
+        }
+        if let Some(held) = self.held.take() {
+            // What the gathering before it found after it (an end, another
+            // frame) is still in `end` or the stream.
+            let data = if self.end.is_some() {
+                held
+            } else {
+                self.gather(held, cx)
+            };
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         let status = match self.end.take() {
             Some(status) => status,
@@ -236,7 +260,6 @@ impl http_body::Body for Frames {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::StreamExt;
 
     fn framed(message: &[u8]) -> Bytes {
         let mut frame = vec![0];
@@ -284,61 +307,145 @@ mod tests {
         );
     }
 
-    /// The body's frames in order: data chunks, then the trailers' status.
-    async fn drain(body: Frames) -> (Vec<Bytes>, Option<tonic::Code>) {
-        let mut body = std::pin::pin!(body);
-        let (mut data, mut code) = (Vec::new(), None);
-        while let Some(frame) = body.frame().await {
-            let frame = frame.expect("a sendable status");
-            match frame.into_data() {
-                Ok(chunk) => data.push(chunk),
-                Err(frame) => {
-                    let trailers = frame.into_trailers().expect("data or trailers");
-                    code = Some(
-                        Status::from_header_map(&trailers).map_or(tonic::Code::Ok, |s| s.code()),
-                    );
+    /// One step of a scripted subscription stream.
+    enum Step {
+        Frame(Bytes),
+        Fail(Status),
+        /// Nothing ready yet (the waker is woken at once).
+        Wait,
+        End,
+    }
+
+    /// A subscription stream that plays `steps` and panics if polled after
+    /// it ended or failed, or past its script.
+    struct Script {
+        steps: std::collections::VecDeque<Step>,
+        over: bool,
+    }
+
+    impl Stream for Script {
+        type Item = Result<Bytes, Status>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            assert!(!self.over, "polled after its end");
+            match self.steps.pop_front().expect("polled past its script") {
+                Step::Frame(frame) => Poll::Ready(Some(Ok(frame))),
+                Step::Fail(status) => {
+                    self.over = true;
+                    Poll::Ready(Some(Err(status)))
+                }
+                Step::Wait => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Step::End => {
+                    self.over = true;
+                    Poll::Ready(None)
                 }
             }
         }
-        (data, code)
     }
 
-    fn frames_of(items: Vec<Result<Bytes, Status>>) -> Frames {
-        Frames::new(Box::pin(futures::stream::iter(items)))
+    fn body(steps: Vec<Step>) -> Frames {
+        Frames::new(Box::pin(Script {
+            steps: steps.into(),
+            over: false,
+        }))
+    }
+
+    /// The body's frames in order: data chunks, then the trailers' status;
+    /// checks that the body says it has ended only after the trailers.
+    async fn drain(body: Frames) -> (Vec<Bytes>, tonic::Code) {
+        let mut body = std::pin::pin!(body);
+        let mut data = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.expect("a sendable status");
+            match frame.into_data() {
+                Ok(chunk) => {
+                    assert!(
+                        !http_body::Body::is_end_stream(&*body),
+                        "ended before its trailers"
+                    );
+                    data.push(chunk);
+                }
+                Err(frame) => {
+                    let trailers = frame.into_trailers().expect("data or trailers");
+                    assert!(http_body::Body::is_end_stream(&*body));
+                    assert!(body.frame().await.is_none(), "nothing after the trailers");
+                    let code =
+                        Status::from_header_map(&trailers).map_or(tonic::Code::Ok, |s| s.code());
+                    return (data, code);
+                }
+            }
+        }
+        panic!("the body ended without trailers");
     }
 
     #[tokio::test]
     async fn frames_ready_together_leave_in_one_data_frame_before_the_status() {
         let (a, b, c) = (framed(b"a"), framed(b"bb"), framed(b"ccc"));
         let all = [a.clone(), b.clone(), c.clone()].concat();
-        let (data, code) = drain(frames_of(vec![Ok(a.clone()), Ok(b.clone()), Ok(c)])).await;
+        let steps = vec![
+            Step::Frame(a.clone()),
+            Step::Frame(b.clone()),
+            Step::Frame(c),
+            Step::End,
+        ];
+        let (data, code) = drain(body(steps)).await;
         assert_eq!(data, vec![Bytes::from(all)]);
-        assert_eq!(code, Some(tonic::Code::Ok));
+        assert_eq!(code, tonic::Code::Ok);
 
         // An error right behind the frames ends the stream after them.
         let failed = Status::resource_exhausted("too large");
-        let (data, code) = drain(frames_of(vec![Ok(a.clone()), Ok(b.clone()), Err(failed)])).await;
+        let steps = vec![
+            Step::Frame(a.clone()),
+            Step::Frame(b.clone()),
+            Step::Fail(failed),
+        ];
+        let (data, code) = drain(body(steps)).await;
         assert_eq!(data, vec![Bytes::from([a, b].concat())]);
-        assert_eq!(code, Some(tonic::Code::ResourceExhausted));
+        assert_eq!(code, tonic::Code::ResourceExhausted);
     }
 
     #[tokio::test]
-    async fn a_frame_alone_is_sent_as_it_is_and_a_full_gathering_stops() {
+    async fn a_frame_alone_is_sent_as_it_is() {
         // Nothing else ready: the shared bytes themselves, uncopied.
         let alone = framed(b"shared");
-        let stream = futures::stream::iter([Ok(alone.clone())]).chain(futures::stream::pending());
-        let mut body = Frames::new(Box::pin(stream));
+        let steps = vec![Step::Frame(alone.clone()), Step::Wait, Step::End];
+        let mut body = std::pin::pin!(body(steps));
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first.as_ptr(), alone.as_ptr());
+    }
 
-        // Gathering stops once past the limit; the rest follows next.
-        let big = framed(&vec![7; COALESCE_BYTES / 2 + 1]);
-        let (data, code) = drain(frames_of(vec![Ok(big.clone()); 3])).await;
+    #[tokio::test]
+    async fn a_gathering_stops_before_the_frame_that_would_not_fit() {
+        // Four of these fit in the limit, the fifth goes next.
+        let part = framed(&vec![1; COALESCE_BYTES / 4 - 100 - GRPC_HEADER]);
+        let mut steps: Vec<Step> = (0..5).map(|_| Step::Frame(part.clone())).collect();
+        steps.push(Step::End);
+        let (data, code) = drain(body(steps)).await;
         assert_eq!(
             data.iter().map(Bytes::len).collect::<Vec<_>>(),
-            vec![2 * big.len(), big.len()]
+            vec![4 * part.len(), part.len()]
         );
-        assert_eq!(data.concat(), [big.clone(), big.clone(), big].concat());
-        assert_eq!(code, Some(tonic::Code::Ok));
+        assert_eq!(code, tonic::Code::Ok);
+
+        // A large frame behind a small one is not copied in: it follows,
+        // uncopied, and what comes after it starts a gathering of its own.
+        let (small, large, last) = (
+            framed(b"s"),
+            framed(&vec![2; 3 * COALESCE_BYTES]),
+            framed(b"l"),
+        );
+        let steps = vec![
+            Step::Frame(small.clone()),
+            Step::Frame(large.clone()),
+            Step::Frame(last.clone()),
+            Step::End,
+        ];
+        let (data, code) = drain(body(steps)).await;
+        assert_eq!(data, vec![small, large.clone(), last]);
+        assert_eq!(data[1].as_ptr(), large.as_ptr());
+        assert_eq!(code, tonic::Code::Ok);
     }
 }
