@@ -445,6 +445,13 @@ impl Node {
             tasks.spawn(http::serve(listener, core.clone(), shutdown.clone()));
         }
         tasks.spawn(memory::run_trimmer(shutdown.clone()));
+        // On this, the main runtime, where the subscriptions are: see
+        // `Registry::run_broadcaster`.
+        tasks.spawn({
+            let registry = core.registry.clone();
+            let stop = shutdown.clone().cancelled_owned();
+            async move { registry.run_broadcaster(stop).await }
+        });
         tasks.spawn(held_commits::run(raft.clone(), log_sync, shutdown.clone()));
         tasks.spawn(alone::run(raft.clone(), alone, shutdown.clone()));
         tasks.spawn(snapshots::run_trigger(

@@ -268,7 +268,8 @@ impl Streamer {
             return Ok(());
         };
         // Everything applied up to the index read under the lock is already
-        // in `rx` (publishing happens under the write lock), so after
+        // in `rx` (items are sent under the write lock, and `sent_through`
+        // leaves out what the broadcaster has not sent yet), so after
         // sending what is queued, that index is complete.
         let (queued, index) = {
             let applied = self.registry.read();
@@ -284,7 +285,10 @@ impl Streamer {
                     Err(_) => break,
                 }
             }
-            (if lagged { None } else { Some(queued) }, applied.index)
+            (
+                if lagged { None } else { Some(queued) },
+                applied.feed.sent_through(applied.index),
+            )
         };
         let Some(queued) = queued else {
             return self.resync();

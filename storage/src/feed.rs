@@ -102,6 +102,16 @@ pub struct Feed {
     /// (a new or resyncing subscriber) would never see the item, so it
     /// must look here.
     closed: bool,
+    /// Whether a broadcaster of the node's sends the items (see
+    /// `Registry::run_broadcaster`) instead of apply itself.
+    deferred: bool,
+    /// Items recorded but not yet broadcast (only while `deferred`), in
+    /// order.
+    unsent: Vec<FeedItem>,
+    /// Every item of an entry up to this index has been broadcast: the
+    /// applied index when the unsent items were last sent. Meaningful only
+    /// while `unsent` is not empty (see [`Feed::sent_through`]).
+    sent_through: u64,
 }
 
 /// Sizes of the feed.
@@ -135,6 +145,9 @@ impl Feed {
             history_changes: 0,
             tx,
             closed: false,
+            deferred: false,
+            unsent: Vec::new(),
+            sent_through: applied,
         }
     }
 
@@ -150,10 +163,57 @@ impl Feed {
             self.history_changes -= old.changes.len();
             self.history_start = old.index;
         }
-        // No receivers is fine: nobody is subscribed. Nothing goes out
-        // after the feed was closed (the history still records it).
-        if !self.closed {
-            let _ = self.tx.send(FeedItem::Entry(entry));
+        self.emit(FeedItem::Entry(entry));
+    }
+
+    /// Broadcasts `item`, or keeps it for the broadcaster. No receivers is
+    /// fine: nobody is subscribed. Nothing goes out after the feed was
+    /// closed (the history still records it). With nobody subscribed and
+    /// nothing kept, there is no one to wake, so the item goes at once and
+    /// the broadcaster is not woken for it (a write with no subscriber
+    /// would otherwise cost its node one more wake-up).
+    fn emit(&mut self, item: FeedItem) {
+        if self.closed {
+            return;
+        }
+        if self.deferred && (!self.unsent.is_empty() || self.tx.receiver_count() > 0) {
+            self.unsent.push(item);
+        } else {
+            let _ = self.tx.send(item);
+        }
+    }
+
+    /// Makes apply keep items for [`Feed::send_unsent`] (`true`) or send
+    /// them itself (`false`, which sends what is kept first).
+    pub fn set_deferred(&mut self, deferred: bool, applied: u64) {
+        if !deferred {
+            self.send_unsent(applied);
+        }
+        self.deferred = deferred;
+    }
+
+    /// Broadcasts the items kept since the last call, in order; `applied`
+    /// is the applied index now (everything up to it is then sent).
+    pub fn send_unsent(&mut self, applied: u64) {
+        for item in self.unsent.drain(..) {
+            let _ = self.tx.send(item);
+        }
+        self.sent_through = applied;
+    }
+
+    /// Whether items wait for [`Feed::send_unsent`].
+    pub fn has_unsent(&self) -> bool {
+        !self.unsent.is_empty()
+    }
+
+    /// The index up to which every change applied is in the broadcast, the
+    /// applied index being `applied`: a receiver that drained its items
+    /// has a view complete up to it.
+    pub fn sent_through(&self, applied: u64) -> u64 {
+        if self.unsent.is_empty() {
+            applied
+        } else {
+            self.sent_through
         }
     }
 
@@ -162,9 +222,7 @@ impl Feed {
         self.history.clear();
         self.history_changes = 0;
         self.history_start = index;
-        if !self.closed {
-            let _ = self.tx.send(FeedItem::Reset(index));
-        }
+        self.emit(FeedItem::Reset(index));
     }
 
     /// Tells every live receiver that the node is shutting down (see
@@ -174,6 +232,11 @@ impl Feed {
     /// fan-out to 10 000 subscribers).
     pub fn close(&mut self) {
         if !self.closed {
+            // What was applied before still goes first, so that `Closed`
+            // stays the last item. The index is not needed: nothing asks
+            // how complete a closed feed is.
+            let sent_through = self.sent_through;
+            self.send_unsent(sent_through);
             self.closed = true;
             let _ = self.tx.send(FeedItem::Closed);
         }
@@ -301,5 +364,73 @@ mod tests {
         let mut late = feed.subscribe();
         feed.push(entry(4, 1));
         assert!(late.try_recv().is_err());
+    }
+
+    /// The indexes of entries a receiver has waiting, and what ends them.
+    fn waiting(rx: &mut broadcast::Receiver<FeedItem>) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|item| match item {
+                FeedItem::Entry(e) => e.index.to_string(),
+                FeedItem::Reset(i) => format!("reset {i}"),
+                FeedItem::Closed => "closed".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_deferred_feed_sends_what_it_kept_in_order_when_told() {
+        let mut feed = Feed::new(0, FeedConfig::default());
+        let mut rx = feed.subscribe();
+        feed.set_deferred(true, 0);
+        feed.push(entry(1, 1));
+        feed.reset(2);
+        feed.push(entry(3, 1));
+        assert!(feed.has_unsent());
+        assert_eq!(waiting(&mut rx), Vec::<String>::new());
+        // Nothing is complete past what was sent, though 4 is applied.
+        assert_eq!(feed.sent_through(4), 0);
+        // The history has what apply recorded, sent or not.
+        assert_eq!(feed.since(2).map(|e| e.len()), Some(1));
+
+        feed.send_unsent(4);
+        assert_eq!(waiting(&mut rx), ["1", "reset 2", "3"]);
+        assert!(!feed.has_unsent());
+        assert_eq!(feed.sent_through(5), 5);
+
+        // Leaving deferred mode sends what is kept first.
+        feed.push(entry(5, 1));
+        feed.set_deferred(false, 5);
+        feed.push(entry(6, 1));
+        assert_eq!(waiting(&mut rx), ["5", "6"]);
+    }
+
+    #[test]
+    fn a_deferred_feed_with_nobody_subscribed_keeps_nothing() {
+        let mut feed = Feed::new(0, FeedConfig::default());
+        feed.set_deferred(true, 0);
+        feed.push(entry(1, 1));
+        assert!(!feed.has_unsent(), "no one to wake, nothing to keep");
+        let mut rx = feed.subscribe();
+        feed.push(entry(2, 1));
+        assert!(feed.has_unsent());
+        // Once something is kept, later items queue behind it even with
+        // no receiver, so that they stay in order.
+        drop(rx);
+        feed.push(entry(3, 1));
+        rx = feed.subscribe();
+        feed.send_unsent(3);
+        assert_eq!(waiting(&mut rx), ["2", "3"]);
+    }
+
+    #[test]
+    fn closing_a_deferred_feed_sends_what_it_kept_before_the_close() {
+        let mut feed = Feed::new(0, FeedConfig::default());
+        let mut rx = feed.subscribe();
+        feed.set_deferred(true, 0);
+        feed.push(entry(1, 1));
+        feed.close();
+        feed.push(entry(2, 1));
+        feed.send_unsent(2);
+        assert_eq!(waiting(&mut rx), ["1", "closed"]);
     }
 }

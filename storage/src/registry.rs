@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::feed::{AppliedEntry, Feed, FeedConfig, FeedItem};
 use crate::state::RegistryState;
@@ -28,6 +28,9 @@ pub struct Registry {
     applied: RwLock<Applied>,
     /// The applied index, for waiting until an index is reached.
     index_tx: watch::Sender<u64>,
+    /// Told after an update left feed items for the broadcaster (see
+    /// [`Registry::run_broadcaster`]).
+    unsent: Notify,
 }
 
 impl Registry {
@@ -41,6 +44,7 @@ impl Registry {
                 feed: Feed::new(index, feed),
             }),
             index_tx,
+            unsent: Notify::new(),
         })
     }
 
@@ -82,9 +86,44 @@ impl Registry {
         let mut applied = self.applied.write().expect("registry lock poisoned");
         let result = f(&mut applied);
         let index = applied.index;
+        let unsent = applied.feed.has_unsent();
         drop(applied);
         self.index_tx.send_replace(index);
+        if unsent {
+            self.unsent.notify_one();
+        }
         result
+    }
+
+    /// Broadcasts the feed's items from the task running this, until
+    /// `stop` completes, instead of from apply. Apply runs on the Raft
+    /// runtime and the subscriptions on the node's main runtime: woken
+    /// from apply, 10 000 subscription tasks went into the main runtime's
+    /// shared queue ahead of the answer to the write that made the change,
+    /// which then waited for all of them (a write under a fan-out took as
+    /// long as the fan-out). Woken from a task of the main runtime, they
+    /// go to its worker's own queue, and the answer, in the shared one,
+    /// is taken after a few of them. When `stop` completes, apply sends
+    /// again (what is kept is sent first).
+    pub async fn run_broadcaster(&self, stop: impl Future<Output = ()>) {
+        {
+            let mut applied = self.applied.write().expect("registry lock poisoned");
+            let index = applied.index;
+            applied.feed.set_deferred(true, index);
+        }
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                () = self.unsent.notified() => {}
+            }
+            let mut applied = self.applied.write().expect("registry lock poisoned");
+            let index = applied.index;
+            applied.feed.send_unsent(index);
+        }
+        let mut applied = self.applied.write().expect("registry lock poisoned");
+        let index = applied.index;
+        applied.feed.set_deferred(false, index);
     }
 
     /// Ends every subscription to this registry's feed: the node is
@@ -119,5 +158,57 @@ mod tests {
         let mut ran = false;
         assert!(registry.read_and_subscribe(|_| ran = true).is_none());
         assert!(!ran, "nothing is read for a subscriber that is refused");
+    }
+
+    async fn next(rx: &mut broadcast::Receiver<FeedItem>) -> u64 {
+        let recv = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv());
+        match recv.await {
+            Ok(Ok(FeedItem::Entry(e))) => e.index,
+            other => panic!("expected an entry, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_broadcaster_sends_what_apply_kept_and_hands_back_when_stopped() {
+        use crate::feed::AppliedEntry;
+        let registry = Registry::new(RegistryState::default(), 0, FeedConfig::default());
+        let (_, mut rx) = registry.read_and_subscribe(|_| ()).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let broadcaster = tokio::spawn({
+            let registry = registry.clone();
+            async move {
+                registry
+                    .run_broadcaster(async move {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+            }
+        });
+        let apply = |index: u64| {
+            registry.update(|applied| {
+                applied.index = index;
+                let change = crate::change::Change {
+                    id: format!("m{index}"),
+                    before: None,
+                    after: None,
+                };
+                Registry::publish(applied, AppliedEntry::new(index, vec![change]));
+            })
+        };
+        // Running, the broadcaster sends what apply keeps, in order.
+        tokio::task::yield_now().await;
+        for index in 1..=20 {
+            apply(index);
+        }
+        assert!(registry.read().feed.has_unsent(), "apply kept the entries");
+        for index in 1..=20 {
+            assert_eq!(next(&mut rx).await, index);
+        }
+        // Stopped, it hands sending back to apply.
+        stop_tx.send(()).unwrap();
+        broadcaster.await.unwrap();
+        apply(21);
+        assert!(matches!(rx.try_recv(), Ok(FeedItem::Entry(e)) if e.index == 21));
+        assert!(!registry.read().feed.has_unsent());
     }
 }
