@@ -262,7 +262,8 @@ impl Streamer {
         Ok(())
     }
 
-    /// Everything queued up to the applied index, then a Progress with it.
+    /// Everything queued up to what the feed has broadcast (at most the
+    /// applied index), then a Progress with that index.
     fn progress(&mut self) -> Result<(), NodeError> {
         let Some(live) = &mut self.live else {
             return Ok(());

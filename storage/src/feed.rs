@@ -85,6 +85,15 @@ pub enum FeedItem {
     Closed,
 }
 
+/// The index an item is about, if any.
+fn item_index(item: &FeedItem) -> Option<u64> {
+    match item {
+        FeedItem::Entry(entry) => Some(entry.index),
+        FeedItem::Reset(index) => Some(*index),
+        FeedItem::Closed => None,
+    }
+}
+
 /// Recent history plus the live broadcast.
 #[derive(Debug)]
 pub struct Feed {
@@ -108,10 +117,15 @@ pub struct Feed {
     /// Items recorded but not yet broadcast (only while `deferred`), in
     /// order.
     unsent: Vec<FeedItem>,
-    /// Every item of an entry up to this index has been broadcast: the
-    /// applied index when the unsent items were last sent. Meaningful only
-    /// while `unsent` is not empty (see [`Feed::sent_through`]).
+    /// Every change up to this index has been broadcast: the index of the
+    /// last item sent, or the applied index when the kept items were last
+    /// sent. Read only while `unsent` is not empty (see
+    /// [`Feed::sent_through`]): it is the index before the first kept item
+    /// or later, never past it.
     sent_through: u64,
+    /// At most this many items are kept: past it apply sends them itself,
+    /// as the broadcast buffer would have made their receivers lag anyway.
+    max_unsent: usize,
 }
 
 /// Sizes of the feed.
@@ -148,6 +162,7 @@ impl Feed {
             deferred: false,
             unsent: Vec::new(),
             sent_through: applied,
+            max_unsent: config.broadcast_capacity.max(1),
         }
     }
 
@@ -178,17 +193,26 @@ impl Feed {
         }
         if self.deferred && (!self.unsent.is_empty() || self.tx.receiver_count() > 0) {
             self.unsent.push(item);
+            if self.unsent.len() >= self.max_unsent {
+                // The broadcaster is far behind: send from here, in order,
+                // rather than keep an unbounded list (its receivers lag
+                // either way).
+                let through = self.unsent.iter().rev().find_map(item_index);
+                self.send_unsent(through.unwrap_or(self.sent_through));
+            }
         } else {
+            if let Some(index) = item_index(&item) {
+                self.sent_through = index;
+            }
             let _ = self.tx.send(item);
         }
     }
 
     /// Makes apply keep items for [`Feed::send_unsent`] (`true`) or send
-    /// them itself (`false`, which sends what is kept first).
+    /// them itself (`false`); either way what is kept is sent first, and
+    /// everything up to `applied`, the applied index now, is then sent.
     pub fn set_deferred(&mut self, deferred: bool, applied: u64) {
-        if !deferred {
-            self.send_unsent(applied);
-        }
+        self.send_unsent(applied);
         self.deferred = deferred;
     }
 
@@ -432,5 +456,29 @@ mod tests {
         feed.push(entry(2, 1));
         feed.send_unsent(2);
         assert_eq!(waiting(&mut rx), ["1", "closed"]);
+    }
+
+    #[test]
+    fn a_deferred_feed_keeps_no_more_than_its_receivers_could_lag() {
+        let config = FeedConfig {
+            history_changes: 100,
+            broadcast_capacity: 4,
+        };
+        let mut feed = Feed::new(0, config);
+        feed.set_deferred(true, 0);
+        // Sent at once with nobody listening: complete up to it.
+        feed.push(entry(1, 1));
+        let mut rx = feed.subscribe();
+        feed.push(entry(2, 1));
+        assert_eq!(feed.sent_through(2), 1);
+        for index in 3..=4 {
+            feed.push(entry(index, 1));
+        }
+        assert!(feed.has_unsent());
+        // The fourth kept item: apply sends them all itself, in order.
+        feed.push(entry(5, 1));
+        assert!(!feed.has_unsent());
+        assert_eq!(feed.sent_through(5), 5);
+        assert_eq!(waiting(&mut rx), ["2", "3", "4", "5"]);
     }
 }

@@ -2,7 +2,7 @@
 //! change feed, behind one lock so that a reader sees a state and the feed
 //! position that matches it exactly.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -20,8 +20,9 @@ pub struct Applied {
     pub feed: Feed,
 }
 
-/// Shared between the state machine (the only writer) and the node's
-/// readers. The lock is never held across an await.
+/// Shared between the state machine (the only writer of the state) and
+/// the node's readers; the node's broadcaster also takes the write lock, to
+/// send the feed's kept items. The lock is never held across an await.
 #[derive(Debug)]
 pub struct Registry {
     /// The state, its index and feed.
@@ -106,24 +107,44 @@ impl Registry {
     /// is taken after a few of them. When `stop` completes, apply sends
     /// again (what is kept is sent first).
     pub async fn run_broadcaster(&self, stop: impl Future<Output = ()>) {
+        /// Hands sending back to apply however the broadcaster ends:
+        /// stopped, dropped with its task, or unwinding. Without it, items
+        /// kept after that would wait for a broadcaster that is gone.
+        struct HandBack<'a>(&'a Registry);
+        impl Drop for HandBack<'_> {
+            fn drop(&mut self) {
+                let mut applied = self
+                    .0
+                    .applied
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let index = applied.index;
+                applied.feed.set_deferred(false, index);
+            }
+        }
+
         {
             let mut applied = self.applied.write().expect("registry lock poisoned");
             let index = applied.index;
             applied.feed.set_deferred(true, index);
         }
+        let _hand_back = HandBack(self);
         let mut stop = std::pin::pin!(stop);
         loop {
             tokio::select! {
                 () = &mut stop => break,
                 () = self.unsent.notified() => {}
             }
+            // A wake-up can find nothing kept (a permit stored while the
+            // last round was sending): then the write lock, which apply
+            // waits for, is not taken.
+            if !self.read().feed.has_unsent() {
+                continue;
+            }
             let mut applied = self.applied.write().expect("registry lock poisoned");
             let index = applied.index;
             applied.feed.send_unsent(index);
         }
-        let mut applied = self.applied.write().expect("registry lock poisoned");
-        let index = applied.index;
-        applied.feed.set_deferred(false, index);
     }
 
     /// Ends every subscription to this registry's feed: the node is
@@ -210,5 +231,42 @@ mod tests {
         apply(21);
         assert!(matches!(rx.try_recv(), Ok(FeedItem::Entry(e)) if e.index == 21));
         assert!(!registry.read().feed.has_unsent());
+    }
+
+    #[tokio::test]
+    async fn a_broadcaster_dropped_with_its_task_hands_sending_back() {
+        let registry = Registry::new(RegistryState::default(), 0, FeedConfig::default());
+        let (_, mut rx) = registry.read_and_subscribe(|_| ()).unwrap();
+        let broadcaster = tokio::spawn({
+            let registry = registry.clone();
+            async move { registry.run_broadcaster(std::future::pending()).await }
+        });
+        tokio::task::yield_now().await;
+        registry.update(|applied| {
+            applied.index = 1;
+            Registry::publish(applied, entry(1));
+        });
+        assert!(
+            registry.read().feed.has_unsent(),
+            "kept for the broadcaster"
+        );
+        broadcaster.abort();
+        let _ = broadcaster.await;
+        // What was kept went out, and apply sends again.
+        assert_eq!(next(&mut rx).await, 1);
+        registry.update(|applied| {
+            applied.index = 2;
+            Registry::publish(applied, entry(2));
+        });
+        assert!(matches!(rx.try_recv(), Ok(FeedItem::Entry(e)) if e.index == 2));
+    }
+
+    fn entry(index: u64) -> crate::feed::AppliedEntry {
+        let change = crate::change::Change {
+            id: format!("m{index}"),
+            before: None,
+            after: None,
+        };
+        crate::feed::AppliedEntry::new(index, vec![change])
     }
 }
