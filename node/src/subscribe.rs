@@ -288,7 +288,7 @@ impl Streamer {
             }
             (
                 if lagged { None } else { Some(queued) },
-                applied.feed.sent_through(applied.index),
+                applied.broadcast_index(),
             )
         };
         let Some(queued) = queued else {

@@ -20,6 +20,16 @@ pub struct Applied {
     pub feed: Feed,
 }
 
+impl Applied {
+    /// The index a subscriber's view is complete up to once it has taken
+    /// every item its receiver holds: the applied index, or less while the
+    /// broadcaster has not sent everything applied (a Progress must not
+    /// promise an entry that is still to come).
+    pub fn broadcast_index(&self) -> u64 {
+        self.feed.sent_through(self.index)
+    }
+}
+
 /// Shared between the state machine (the only writer of the state) and
 /// the node's readers; the node's broadcaster also takes the write lock, to
 /// send the feed's kept items. The lock is never held across an await.
@@ -268,5 +278,35 @@ mod tests {
             after: None,
         };
         crate::feed::AppliedEntry::new(index, vec![change])
+    }
+
+    #[tokio::test]
+    async fn a_view_is_complete_only_up_to_what_was_broadcast() {
+        let registry = Registry::new(RegistryState::default(), 0, FeedConfig::default());
+        let (_, _rx) = registry.read_and_subscribe(|_| ()).unwrap();
+        let apply = |index: u64| {
+            registry.update(|applied| {
+                applied.index = index;
+                Registry::publish(applied, entry(index));
+            })
+        };
+        apply(1);
+        assert_eq!(registry.read().broadcast_index(), 1, "sent by apply");
+        let broadcaster = tokio::spawn({
+            let registry = registry.clone();
+            async move { registry.run_broadcaster(std::future::pending()).await }
+        });
+        tokio::task::yield_now().await;
+        apply(2);
+        // Applied but kept for the broadcaster: not promised yet.
+        assert_eq!(registry.read().index, 2);
+        assert_eq!(registry.read().broadcast_index(), 1);
+        tokio::task::yield_now().await;
+        assert_eq!(
+            registry.read().broadcast_index(),
+            2,
+            "sent by the broadcaster"
+        );
+        broadcaster.abort();
     }
 }
