@@ -49,7 +49,7 @@ pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<
     bar.finish_and_clear();
     let setup_s = setup_start.elapsed().as_secs_f64();
 
-    let mut writing = Writing::<S>::open(cli, args, tag, bars).await?;
+    let (writing, writers) = Writing::<S>::open(cli, args, tag, bars).await?;
 
     let shared = Arc::new(Shared::new());
     let receivers: Vec<JoinHandle<()>> = opened
@@ -65,7 +65,7 @@ pub async fn run<S: System>(cli: &Cli, args: &FanoutArgs, bars: bool) -> Result<
     let write_start = Instant::now();
     let counts = split(args.updates, args.writers);
     let written = Arc::new(AtomicU64::new(0));
-    let senders: Vec<JoinHandle<Sent<S::Writer>>> = std::mem::take(&mut writing.writers)
+    let senders: Vec<JoinHandle<Sent<S::Writer>>> = writers
         .into_iter()
         .zip(counts)
         .map(|(writer, count)| {
@@ -191,14 +191,17 @@ struct Writing<S: System> {
     runtime: Option<tokio::runtime::Runtime>,
     /// The writers' connections.
     system: Arc<S>,
-    /// The writers, until they are handed to their tasks.
-    writers: Vec<S::Writer>,
 }
 
 impl<S: System> Writing<S> {
     /// Connects (one connection per writer, at most 16, as the write
     /// workload) and opens the writers' sessions, all on the new runtime.
-    async fn open(cli: &Cli, args: &FanoutArgs, tag: String, bars: bool) -> Result<Writing<S>> {
+    async fn open(
+        cli: &Cli,
+        args: &FanoutArgs,
+        tag: String,
+        bars: bool,
+    ) -> Result<(Writing<S>, Vec<S::Writer>)> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("fuddle-bench-writers")
@@ -214,11 +217,13 @@ impl<S: System> Writing<S> {
         });
         let opened = opened.await.context("opening the writers panicked");
         match opened {
-            Ok(Ok((system, writers))) => Ok(Writing {
-                runtime: Some(runtime),
-                system,
+            Ok(Ok((system, writers))) => Ok((
+                Writing {
+                    runtime: Some(runtime),
+                    system,
+                },
                 writers,
-            }),
+            )),
             Ok(Err(err)) | Err(err) => {
                 runtime.shutdown_background();
                 Err(err)

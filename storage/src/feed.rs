@@ -259,8 +259,7 @@ impl Feed {
             // What was applied before still goes first, so that `Closed`
             // stays the last item. The index is not needed: nothing asks
             // how complete a closed feed is.
-            let sent_through = self.sent_through;
-            self.send_unsent(sent_through);
+            self.send_unsent(self.sent_through);
             self.closed = true;
             let _ = self.tx.send(FeedItem::Closed);
         }

@@ -28,6 +28,13 @@ impl Applied {
     pub fn broadcast_index(&self) -> u64 {
         self.feed.sent_through(self.index)
     }
+
+    /// Broadcasts what the feed kept for the broadcaster and sets whether
+    /// apply keeps items from now on (see [`Feed::set_deferred`]).
+    fn set_deferred(&mut self, deferred: bool) {
+        let index = self.index;
+        self.feed.set_deferred(deferred, index);
+    }
 }
 
 /// Shared between the state machine (the only writer of the state) and
@@ -94,7 +101,7 @@ impl Registry {
 
     /// Runs an update of the state (the state machine's apply or install).
     pub(crate) fn update<R>(&self, f: impl FnOnce(&mut Applied) -> R) -> R {
-        let mut applied = self.applied.write().expect("registry lock poisoned");
+        let mut applied = self.write();
         let result = f(&mut applied);
         let index = applied.index;
         let unsent = applied.feed.has_unsent();
@@ -123,21 +130,15 @@ impl Registry {
         struct HandBack<'a>(&'a Registry);
         impl Drop for HandBack<'_> {
             fn drop(&mut self) {
-                let mut applied = self
-                    .0
+                self.0
                     .applied
                     .write()
-                    .unwrap_or_else(PoisonError::into_inner);
-                let index = applied.index;
-                applied.feed.set_deferred(false, index);
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .set_deferred(false);
             }
         }
 
-        {
-            let mut applied = self.applied.write().expect("registry lock poisoned");
-            let index = applied.index;
-            applied.feed.set_deferred(true, index);
-        }
+        self.write().set_deferred(true);
         let _hand_back = HandBack(self);
         let mut stop = std::pin::pin!(stop);
         loop {
@@ -148,23 +149,23 @@ impl Registry {
             // A wake-up can find nothing kept (a permit stored while the
             // last round was sending): then the write lock, which apply
             // waits for, is not taken.
-            if !self.read().feed.has_unsent() {
-                continue;
+            if self.read().feed.has_unsent() {
+                // Already deferred: this sends what is kept.
+                self.write().set_deferred(true);
             }
-            let mut applied = self.applied.write().expect("registry lock poisoned");
-            let index = applied.index;
-            applied.feed.send_unsent(index);
         }
     }
 
     /// Ends every subscription to this registry's feed: the node is
     /// shutting down (see [`Feed::close`](crate::feed::Feed::close)).
     pub fn close_feed(&self) {
-        self.applied
-            .write()
-            .expect("registry lock poisoned")
-            .feed
-            .close();
+        self.write().feed.close();
+    }
+
+    /// The write lock. Poisoned, it means an apply panicked, as for
+    /// [`Registry::read`].
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        self.applied.write().expect("registry lock poisoned")
     }
 
     /// Records applied changes in the feed (called under `update`).
