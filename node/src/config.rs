@@ -47,6 +47,12 @@ pub struct Config {
     pub max_batch: usize,
     /// sled's page cache, in bytes.
     pub cache_bytes: u64,
+    /// How long a runtime worker looks for more work before it sleeps,
+    /// while writes come one at a time (see `spin`); zero, the default
+    /// here, turns it off. The node binary turns it on (`--spin`); an
+    /// embedding process or a test chooses, since spinning spends CPU the
+    /// process may want elsewhere.
+    pub spin: Duration,
 }
 
 /// Session timeouts.
@@ -138,6 +144,7 @@ impl Config {
             progress_interval: Duration::from_secs(5),
             max_batch: 1024,
             cache_bytes: 64 << 20,
+            spin: Duration::ZERO,
         }
     }
 }

@@ -120,7 +120,18 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
          {name}{{via=\"unary\"}} {unary}\n{name}{{via=\"session_stream\"}} {session_stream}\n"
     ));
     let (kept_back, sent_late) = core.commits.get();
+    let (applied_entries, applied_commands) = core.registry.applied_counts();
     for counter in [
+        (
+            "fuddle_applied_entries_total",
+            "Log entries with commands applied since this node started.",
+            applied_entries,
+        ),
+        (
+            "fuddle_applied_commands_total",
+            "Commands in those entries: over the entries, how many writes each log entry and its disk sync carried.",
+            applied_commands,
+        ),
         (
             "fuddle_raft_commits_kept_back_total",
             "Commit-only AppendEntries this node, as leader, answered itself and kept back for entries to carry.",

@@ -27,6 +27,7 @@ pub mod registry_service;
 pub mod server;
 pub mod sessions;
 pub mod snapshots;
+pub mod spin;
 pub mod status;
 pub mod subscribe;
 pub mod subscribe_route;

@@ -31,7 +31,7 @@ use crate::registry_service::{MAX_REQUEST_BYTES, RegistryService};
 use crate::sessions::{self, Heartbeats, SessionClock};
 use crate::subscribe_route::SubscribeRoute;
 use crate::workers::Workers;
-use crate::{alone, commit_deferral, held_commits, http, membership, memory, snapshots};
+use crate::{alone, commit_deferral, held_commits, http, membership, memory, snapshots, spin};
 
 /// How often a running node looks whether Raft has stopped (a storage
 /// failure, say), to exit saying why.
@@ -87,13 +87,19 @@ pub struct Node {
 struct RaftRuntime(Option<tokio::runtime::Runtime>);
 
 impl RaftRuntime {
-    fn start() -> std::io::Result<RaftRuntime> {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(Workers::here().raft)
+    /// Builds the runtime, and with `spin` on, the trigger of its spinner
+    /// if it can have one (see `spin`).
+    fn start(spin: bool) -> std::io::Result<(RaftRuntime, Option<spin::Trigger>)> {
+        let workers = Workers::here().raft;
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder
+            .worker_threads(workers)
             .thread_name("fuddle-raft")
-            .enable_all()
-            .build()
-            .map(|rt| RaftRuntime(Some(rt)))
+            .enable_all();
+        let trigger = spin::Trigger::default();
+        let spinning = spin && trigger.install(&mut builder, workers);
+        let runtime = builder.build()?;
+        Ok((RaftRuntime(Some(runtime)), spinning.then_some(trigger)))
     }
 
     fn handle(&self) -> &tokio::runtime::Handle {
@@ -107,6 +113,17 @@ impl Drop for RaftRuntime {
             rt.shutdown_background();
         }
     }
+}
+
+/// The spinner of the runtime `trigger` belongs to, ending on shutdown.
+fn spin_task(core: &Arc<Core>, trigger: spin::Trigger) -> impl Future<Output = ()> + use<> {
+    let registry = core.registry.clone();
+    spin::run(
+        trigger,
+        core.config.spin,
+        move || registry.applied_counts(),
+        core.shutdown.clone(),
+    )
 }
 
 /// Serves every gRPC service on the connections that arrive on `incoming`
@@ -345,7 +362,7 @@ impl Node {
             .map_err(|e| StartError::Storage(e.to_string()))?
             .map_or(0, |v| v.leader_id().term);
         let startup_last_log = log_store.last_index().unwrap_or(0);
-        let raft_runtime = RaftRuntime::start()
+        let (raft_runtime, raft_spin) = RaftRuntime::start(!config.spin.is_zero())
             .map_err(|e| StartError::Raft(format!("cannot start the Raft runtime: {e}")))?;
         // Raft spawns its tasks (core, state machine worker, replication)
         // where it is created.
@@ -481,6 +498,10 @@ impl Node {
             ReceiverStream::new(routed.internal)
                 .map(|conn| conn.and_then(Conn::on_current_runtime)),
         ));
+        if let Some(trigger) = raft_spin {
+            let _on_raft_runtime = raft_runtime.handle().enter();
+            tasks.spawn(spin_task(&core, trigger));
+        }
         tracing::info!(node = id, addr = %local_addr, "serving");
         Ok(Node {
             core,
@@ -489,6 +510,16 @@ impl Node {
             internal_server,
             raft_runtime,
         })
+    }
+
+    /// Spins on the runtime this is called on, which `trigger` must have
+    /// been installed on when it was built (the node binary's main
+    /// runtime; the Raft runtime's spinner is started by [`Node::start`]).
+    /// Nothing when the node's `spin` is zero.
+    pub fn spin_here(&mut self, trigger: spin::Trigger) {
+        if !self.core.config.spin.is_zero() {
+            self.tasks.spawn(spin_task(&self.core, trigger));
+        }
     }
 
     /// Runs until `signal` completes, then shuts down cleanly. Returns the

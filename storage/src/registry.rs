@@ -2,6 +2,7 @@
 //! change feed, behind one lock so that a reader sees a state and the feed
 //! position that matches it exactly.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use tokio::sync::{Notify, broadcast, watch};
@@ -49,6 +50,11 @@ pub struct Registry {
     /// Told after an update left feed items for the broadcaster (see
     /// [`Registry::run_broadcaster`]).
     unsent: Notify,
+    /// Log entries with commands applied, and the commands in them: how
+    /// well writes are batched, for `/metrics` and for the node's choice
+    /// to spin while writes come one at a time.
+    applied_entries: AtomicU64,
+    applied_commands: AtomicU64,
 }
 
 impl Registry {
@@ -63,6 +69,8 @@ impl Registry {
             }),
             index_tx,
             unsent: Notify::new(),
+            applied_entries: AtomicU64::new(0),
+            applied_commands: AtomicU64::new(0),
         })
     }
 
@@ -76,6 +84,21 @@ impl Registry {
     /// The last applied index.
     pub fn index(&self) -> u64 {
         *self.index_tx.borrow()
+    }
+
+    /// Entries with commands applied since this registry was made, and the
+    /// commands in them.
+    pub fn applied_counts(&self) -> (u64, u64) {
+        (
+            self.applied_entries.load(Ordering::Relaxed),
+            self.applied_commands.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts `entries` applied entries holding `commands` commands.
+    pub(crate) fn count_applied(&self, entries: u64, commands: u64) {
+        self.applied_entries.fetch_add(entries, Ordering::Relaxed);
+        self.applied_commands.fetch_add(commands, Ordering::Relaxed);
     }
 
     /// A receiver that sees the applied index change.

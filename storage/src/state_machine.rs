@@ -554,6 +554,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map_err(|e| StorageIOError::apply(last.log_id, AnyError::new(&e)))?;
         }
         let raft = self.raft.clone();
+        let (mut with_commands, mut commands) = (0, 0);
         self.registry.update(|applied| {
             let mut raft = raft.lock().expect("state machine lock poisoned");
             for entry in entries {
@@ -564,6 +565,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Blank => responses.push(Response::default()),
                     EntryPayload::Normal(request) => {
                         raft.commands_since_snapshot += request.commands.len() as u64;
+                        with_commands += 1;
+                        commands += request.commands.len() as u64;
                         let out = applied.state.apply(index, &request);
                         Registry::publish(applied, AppliedEntry::new(index, out.changes));
                         responses.push(Response {
@@ -577,6 +580,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
         });
+        self.registry.count_applied(with_commands, commands);
         Ok(responses)
     }
 

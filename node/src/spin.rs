@@ -1,0 +1,462 @@
+//! A runtime worker that keeps its core for a moment after work, while
+//! writes come one at a time, so that the next step of a write finds it
+//! awake.
+//!
+//! Why: a single writer's registration passes from thread to thread (the
+//! client's stream, Raft, the log's sync, each follower and back), and
+//! tokio parks a worker as soon as it has nothing to do. On the benchmark
+//! VM an idle vCPU halts in the hypervisor, so waking a thread parked on it
+//! costs about 40 µs, several times per registration (docs/benchmarks.md,
+//! "Where the time of a write goes"). Go's scheduler, under etcd, looks
+//! for work a while before it parks; this does the same for a tokio
+//! runtime with one worker: after the worker wakes, a task goes round
+//! until no other work has come for the window. Each round lets the tasks
+//! queued on the worker run, then yields to the scheduler, which polls the
+//! runtime's I/O and timers and takes the tasks woken from other threads
+//! before it runs the spinner again (tokio defers a yielded task until
+//! after its driver's poll; with one worker that poll is never skipped for
+//! a sibling holding the driver). So what arrives meanwhile is taken
+//! without a wake-up. This relies on tokio's scheduling order, which its
+//! documentation does not promise: if it changed, the spinner would only
+//! spin in vain.
+//!
+//! It spins only while it helps:
+//! - only while writes come one at a time (at most two commands per log
+//!   entry over recent entries): with many writers, entries carry many
+//!   commands, the workers have work queued anyway, and spinning took CPU
+//!   from them;
+//! - not when idle: a spell starts only when the worker wakes and a new
+//!   entry was seen within [`RECENT`], and no spell lasts longer than
+//!   [`MAX_SPELL_WINDOWS`] windows;
+//! - not against other threads: a round in which nothing else ran first
+//!   offers the core to any thread waiting for it, and a spell ends once
+//!   more than half of it went to other threads.
+//! - only on a runtime with one worker: with more, each round of the
+//!   spinner would wake a sleeping sibling to look for work.
+//!
+//! Hand-written: tokio has no setting to spin before parking.
+
+use std::sync::Arc;
+use std::task::Poll;
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::time::{ClockId, clock_gettime};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// The window the node binary uses unless told otherwise (`--spin`).
+pub const DEFAULT_WINDOW: Duration = Duration::from_micros(500);
+
+/// [`DEFAULT_WINDOW`] as the command line spells it.
+pub const DEFAULT_WINDOW_ARG: &str = "500us";
+
+/// Spells start only if a new entry was seen this recently: a worker woken
+/// by a timer on an idle node goes back to sleep at once.
+pub const RECENT: Duration = Duration::from_millis(10);
+
+/// The longest spell, in windows, however busy the worker is: a spell
+/// must end even if every round looked like work (say, under a tracer that
+/// makes each round slow).
+pub const MAX_SPELL_WINDOWS: u32 = 20;
+
+/// CPU a round may take on its own (two yields, a poll of the driver, the
+/// clocks); more means some other task ran in it.
+const ROUND_CPU: Duration = Duration::from_micros(8);
+
+/// After this long, a spell that spent more than half of its time off
+/// the CPU while nothing else ran on this worker ends.
+const CONTENDED_AFTER: Duration = Duration::from_micros(40);
+
+/// Entries looked at before the regime is judged again.
+const SAMPLE_ENTRIES: u64 = 16;
+
+/// Most commands per entry, on average, for writes to count as coming one
+/// at a time.
+const SERIAL_COMMANDS_PER_ENTRY: u64 = 2;
+
+/// Told when the worker of a runtime wakes (its `on_thread_unpark`).
+#[derive(Debug, Default, Clone)]
+pub struct Trigger(Arc<Notify>);
+
+impl Trigger {
+    /// Registers this trigger on a runtime about to be built with
+    /// `workers` workers; false (and nothing registered) unless that is
+    /// one: see the module's documentation.
+    pub fn install(&self, builder: &mut tokio::runtime::Builder, workers: usize) -> bool {
+        if workers != 1 {
+            return false;
+        }
+        let trigger = self.clone();
+        // Runs on the worker thread as it wakes: a permit for the spinner,
+        // or, if it waits, a wake-up queued for the worker.
+        builder.on_thread_unpark(move || trigger.0.notify_one());
+        true
+    }
+}
+
+/// Whether writes have been coming one at a time, judged from the counts
+/// of entries and commands applied (`fuddle_storage::Registry::applied_counts`).
+#[derive(Debug)]
+pub struct Regime {
+    /// The counts when the current sample began.
+    sample_start: (u64, u64),
+    /// The entry count last seen, and when a new one was first seen.
+    last_entries: u64,
+    last_entry_at: Option<Instant>,
+    /// The last sample's verdict.
+    serial: bool,
+}
+
+impl Regime {
+    /// A regime that has seen `counts` so far, taken as serial until a
+    /// sample says otherwise (a fresh node's first writes are few).
+    pub fn new(counts: (u64, u64)) -> Regime {
+        Regime {
+            sample_start: counts,
+            last_entries: counts.0,
+            last_entry_at: None,
+            serial: true,
+        }
+    }
+
+    /// Takes the current counts (entries, commands) at `now`; whether a
+    /// spell should start.
+    pub fn observe(&mut self, counts: (u64, u64), now: Instant) -> bool {
+        if counts.0 != self.last_entries {
+            self.last_entries = counts.0;
+            self.last_entry_at = Some(now);
+        }
+        let entries = counts.0.saturating_sub(self.sample_start.0);
+        if entries >= SAMPLE_ENTRIES {
+            let commands = counts.1.saturating_sub(self.sample_start.1);
+            self.serial = commands <= entries.saturating_mul(SERIAL_COMMANDS_PER_ENTRY);
+            self.sample_start = counts;
+        }
+        self.serial
+            && self
+                .last_entry_at
+                .is_some_and(|at| now.saturating_duration_since(at) < RECENT)
+    }
+}
+
+/// One reading of the spinning thread.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    /// Which thread: CPU clocks of two threads do not compare.
+    pub thread: ThreadId,
+    /// The thread's CPU time.
+    pub cpu: Duration,
+    /// The thread's voluntary context switches: it blocked, in a task that
+    /// ran (a log sync on the worker, say), which is work, not contention.
+    pub blocked: i64,
+    /// The wall clock.
+    pub at: Instant,
+}
+
+impl Reading {
+    fn now() -> Reading {
+        Reading {
+            thread: std::thread::current().id(),
+            // Neither call can fail for the calling thread; zeros would
+            // only make rounds look idle, ending the spell by its window.
+            cpu: clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+                .map(Duration::from)
+                .unwrap_or_default(),
+            blocked: getrusage(UsageWho::RUSAGE_THREAD)
+                .map(|u| u.voluntary_context_switches())
+                .unwrap_or_default(),
+            at: Instant::now(),
+        }
+    }
+}
+
+/// One spell of spinning: decides after each round whether to go on.
+#[derive(Debug)]
+pub struct Spell {
+    window: Duration,
+    started: Instant,
+    /// When the last round in which other work ran ended.
+    quiet_since: Instant,
+    /// Time spent off the CPU in rounds in which nothing else ran.
+    off: Duration,
+    last: Reading,
+}
+
+/// What a spell's round was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Other tasks ran in it: the worker has work, so the next round keeps
+    /// the core (giving it away would delay that work behind other
+    /// threads' time slices).
+    Worked,
+    /// Only the spinner ran: the next round first offers the core to any
+    /// thread waiting for it.
+    Idle,
+    /// The spell is over.
+    Stop,
+}
+
+impl Spell {
+    pub fn start(window: Duration, reading: Reading) -> Spell {
+        Spell {
+            window,
+            started: reading.at,
+            quiet_since: reading.at,
+            off: Duration::ZERO,
+            last: reading,
+        }
+    }
+
+    /// Takes the reading after a round: what the round was, and whether
+    /// to spin another.
+    pub fn round(&mut self, now: Reading) -> Round {
+        let wall = now.at.saturating_duration_since(self.last.at);
+        let same_thread = now.thread == self.last.thread;
+        let cpu = now.cpu.saturating_sub(self.last.cpu);
+        let blocked = now.blocked != self.last.blocked;
+        self.last = now;
+        // On another thread the clocks do not compare; count the round as
+        // work, which only lengthens the spell by one window.
+        let worked = !same_thread || cpu > ROUND_CPU || blocked;
+        if worked {
+            self.quiet_since = now.at;
+        } else {
+            self.off += wall.saturating_sub(cpu);
+        }
+        let spun = now.at.saturating_duration_since(self.started);
+        let contended = spun > CONTENDED_AFTER && self.off * 2 > spun;
+        let quiet_for = now.at.saturating_duration_since(self.quiet_since);
+        if contended || quiet_for > self.window || spun > self.window * MAX_SPELL_WINDOWS {
+            Round::Stop
+        } else if worked {
+            Round::Worked
+        } else {
+            Round::Idle
+        }
+    }
+}
+
+/// Lets the tasks already queued on this worker run before the caller
+/// goes on: a task that wakes itself while polled is queued behind them
+/// (where a yield's deferred wake-up is put ahead of the tasks the
+/// driver's poll has just woken).
+async fn behind_queued() {
+    let mut woken = false;
+    std::future::poll_fn(|cx| {
+        if woken {
+            Poll::Ready(())
+        } else {
+            woken = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Spins on the current runtime, whose one worker `trigger` was installed
+/// on, whenever that worker wakes while writes come one at a time, until
+/// `shutdown`. `counts` gives the entries and commands applied so far.
+pub async fn run(
+    trigger: Trigger,
+    window: Duration,
+    counts: impl Fn() -> (u64, u64),
+    shutdown: CancellationToken,
+) {
+    let mut regime = Regime::new(counts());
+    loop {
+        tokio::select! {
+            _ = trigger.0.notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if !regime.observe(counts(), Instant::now()) {
+            continue;
+        }
+        let mut spell = Spell::start(window, Reading::now());
+        while !shutdown.is_cancelled() {
+            // The I/O, timers and tasks woken from other threads, then
+            // whatever that woke.
+            tokio::task::yield_now().await;
+            behind_queued().await;
+            match spell.round(Reading::now()) {
+                Round::Worked => {}
+                // Another thread waiting for this core gets it first.
+                Round::Idle => std::thread::yield_now(),
+                Round::Stop => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(at: Instant, cpu_us: u64) -> Reading {
+        Reading {
+            thread: std::thread::current().id(),
+            cpu: Duration::from_micros(cpu_us),
+            blocked: 0,
+            at,
+        }
+    }
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    /// Idle rounds of 2 us (all of it on the CPU) from `from` until
+    /// `until`, or until the spell ends; when it ended, if it did.
+    fn idle_rounds(
+        spell: &mut Spell,
+        t0: Instant,
+        from: u64,
+        until: u64,
+        cpu: &mut u64,
+    ) -> Option<u64> {
+        let mut at = from;
+        while at < until {
+            at += 2;
+            *cpu += 2;
+            match spell.round(reading(t0 + us(at), *cpu)) {
+                Round::Idle => {}
+                Round::Worked => panic!("an idle round counted as work"),
+                Round::Stop => return Some(at),
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_spell_lasts_its_window_after_the_last_work() {
+        let t0 = Instant::now();
+        let mut cpu = 0;
+        let mut spell = Spell::start(us(100), reading(t0, 0));
+        assert_eq!(idle_rounds(&mut spell, t0, 0, 90, &mut cpu), None);
+        // Other work ran in this round (30 us of CPU): the window starts
+        // again from its end.
+        cpu += 30;
+        assert_eq!(spell.round(reading(t0 + us(120), cpu)), Round::Worked);
+        assert_eq!(idle_rounds(&mut spell, t0, 120, 400, &mut cpu), Some(222));
+    }
+
+    #[test]
+    fn a_spell_ends_when_other_threads_want_the_core() {
+        let t0 = Instant::now();
+        let mut spell = Spell::start(us(1000), reading(t0, 0));
+        // Each round 2 us on the CPU and 20 us waiting for it.
+        let mut ended_at = None;
+        for round in 1..=100u64 {
+            if spell.round(reading(t0 + us(22 * round), 2 * round)) == Round::Stop {
+                ended_at = Some(round);
+                break;
+            }
+        }
+        // It ends once the spell is past CONTENDED_AFTER, long before its
+        // window.
+        assert_eq!(ended_at, Some(2));
+    }
+
+    #[test]
+    fn a_spell_on_another_thread_counts_the_round_as_work() {
+        let t0 = Instant::now();
+        let mut spell = Spell::start(us(100), reading(t0, 0));
+        let other = std::thread::spawn(|| std::thread::current().id())
+            .join()
+            .unwrap();
+        let moved = Reading {
+            thread: other,
+            cpu: Duration::ZERO,
+            blocked: 0,
+            at: t0 + us(90),
+        };
+        assert_eq!(spell.round(moved), Round::Worked);
+        // The window counts from the move, not from the start.
+        let later = Reading {
+            at: t0 + us(150),
+            cpu: us(1),
+            ..moved
+        };
+        assert_eq!(spell.round(later), Round::Idle);
+    }
+
+    #[test]
+    fn a_round_that_blocked_is_work_not_contention() {
+        let t0 = Instant::now();
+        let mut spell = Spell::start(us(100), reading(t0, 0));
+        // 200 us of wall time, 3 us on the CPU: a sync on the worker.
+        let synced = Reading {
+            blocked: 1,
+            ..reading(t0 + us(200), 3)
+        };
+        assert_eq!(spell.round(synced), Round::Worked);
+        assert_eq!(
+            spell.round(Reading {
+                at: t0 + us(202),
+                cpu: us(5),
+                ..synced
+            }),
+            Round::Idle
+        );
+    }
+
+    #[test]
+    fn no_spell_outlasts_its_limit_however_busy() {
+        let t0 = Instant::now();
+        let window = us(100);
+        let mut spell = Spell::start(window, reading(t0, 0));
+        let mut ended_at = None;
+        for round in 1..=10_000u64 {
+            // Every round 10 us of CPU: work, by the rule.
+            if spell.round(reading(t0 + us(10 * round), 10 * round)) == Round::Stop {
+                ended_at = Some(10 * round);
+                break;
+            }
+        }
+        assert_eq!(ended_at, Some(100 * u64::from(MAX_SPELL_WINDOWS) + 10));
+    }
+
+    #[test]
+    fn the_default_window_reads_the_same_on_the_command_line() {
+        assert_eq!(
+            humantime::parse_duration(DEFAULT_WINDOW_ARG).unwrap(),
+            DEFAULT_WINDOW
+        );
+    }
+
+    #[test]
+    fn a_trigger_is_installed_only_on_a_runtime_with_one_worker() {
+        let trigger = Trigger::default();
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        assert!(!trigger.install(&mut builder, 2));
+        assert!(trigger.install(&mut builder, 1));
+    }
+
+    #[test]
+    fn the_regime_is_serial_for_single_command_entries_applied_recently() {
+        let t0 = Instant::now();
+        let mut regime = Regime::new((100, 100));
+        // Nothing applied since it started: not recent.
+        assert!(!regime.observe((100, 100), t0));
+        assert!(regime.observe((101, 101), t0));
+        assert!(regime.observe((101, 101), t0 + RECENT / 2));
+        // Idle for longer than RECENT: no spell.
+        assert!(!regime.observe((101, 101), t0 + RECENT * 2));
+        assert!(regime.observe((120, 120), t0 + RECENT * 3));
+    }
+
+    #[test]
+    fn the_regime_is_not_serial_when_entries_carry_many_commands() {
+        let t0 = Instant::now();
+        let mut regime = Regime::new((0, 0));
+        // Fewer than a sample's worth: the verdict stands.
+        assert!(regime.observe((10, 200), t0));
+        // A whole sample of 20 commands per entry.
+        assert!(!regime.observe((20, 400), t0));
+        assert!(!regime.observe((30, 420), t0));
+        // Back to one command per entry.
+        assert!(regime.observe((40, 440), t0));
+    }
+}
