@@ -53,6 +53,8 @@ pub struct Core {
     /// Commit-only AppendEntries this node, as leader, kept back and sent
     /// late (`commit_deferral`), for `/metrics` and tests.
     pub commits: Arc<CommitCounters>,
+    /// What the node's spinners did (`spin`), for `/metrics` and tests.
+    pub spin: Arc<crate::spin::SpinStats>,
     /// Discovery and liveness of other nodes.
     pub gossip: Arc<Gossip>,
     /// Cancelled when the node shuts down; long-lived streams watch it.

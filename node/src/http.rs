@@ -121,6 +121,7 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
     ));
     let (kept_back, sent_late) = core.commits.get();
     let (applied_entries, applied_commands) = core.registry.applied_counts();
+    let (spells, _, spun) = core.spin.get();
     for counter in [
         (
             "fuddle_applied_entries_total",
@@ -131,6 +132,11 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
             "fuddle_applied_commands_total",
             "Commands in those entries: over the entries, how many writes each log entry and its disk sync carried.",
             applied_commands,
+        ),
+        (
+            "fuddle_spin_spells_total",
+            "Times a worker thread looked for work before sleeping (--spin).",
+            spells,
         ),
         (
             "fuddle_raft_commits_kept_back_total",
@@ -145,6 +151,12 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
     ] {
         push_metric(&mut out, "counter", counter);
     }
+    let name = "fuddle_spin_seconds_total";
+    out.push_str(&format!(
+        "# HELP {name} Time worker threads spent looking for work before sleeping (--spin): at most this much CPU.\n\
+         # TYPE {name} counter\n{name} {:.6}\n",
+        spun.as_secs_f64()
+    ));
     out
 }
 

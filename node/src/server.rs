@@ -122,6 +122,7 @@ fn spin_task(core: &Arc<Core>, trigger: spin::Trigger) -> impl Future<Output = (
         trigger,
         core.config.spin,
         move || registry.applied_counts(),
+        core.spin.clone(),
         core.shutdown.clone(),
     )
 }
@@ -441,6 +442,7 @@ impl Node {
             heartbeats: heartbeats.clone(),
             writes: Default::default(),
             commits,
+            spin: Default::default(),
             gossip: gossip.clone(),
             shutdown: shutdown.clone(),
             started,

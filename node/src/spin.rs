@@ -37,6 +37,7 @@
 //! Hand-written: tokio has no setting to spin before parking.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -88,6 +89,29 @@ impl Trigger {
         // or, if it waits, a wake-up queued for the worker.
         builder.on_thread_unpark(move || trigger.0.notify_one());
         true
+    }
+}
+
+/// What the node's spinners did, for `/metrics` (operators see the CPU
+/// that spinning costs) and for tests (that it spins, and stops).
+#[derive(Debug, Default)]
+pub struct SpinStats {
+    /// Spells begun.
+    spells: AtomicU64,
+    /// Rounds gone.
+    rounds: AtomicU64,
+    /// Wall time spent in spells, in microseconds.
+    micros: AtomicU64,
+}
+
+impl SpinStats {
+    /// Spells begun, rounds gone and the wall time spent in spells.
+    pub fn get(&self) -> (u64, u64, Duration) {
+        (
+            self.spells.load(Ordering::Relaxed),
+            self.rounds.load(Ordering::Relaxed),
+            Duration::from_micros(self.micros.load(Ordering::Relaxed)),
+        )
     }
 }
 
@@ -253,11 +277,13 @@ async fn behind_queued() {
 
 /// Spins on the current runtime, whose one worker `trigger` was installed
 /// on, whenever that worker wakes while writes come one at a time, until
-/// `shutdown`. `counts` gives the entries and commands applied so far.
+/// `shutdown`. `counts` gives the entries and commands applied so far;
+/// `stats` counts what it did.
 pub async fn run(
     trigger: Trigger,
     window: Duration,
     counts: impl Fn() -> (u64, u64),
+    stats: Arc<SpinStats>,
     shutdown: CancellationToken,
 ) {
     let mut regime = Regime::new(counts());
@@ -269,8 +295,11 @@ pub async fn run(
         if !regime.observe(counts(), Instant::now()) {
             continue;
         }
-        let mut spell = Spell::start(window, Reading::now());
+        let start = Reading::now();
+        let mut spell = Spell::start(window, start);
+        stats.spells.fetch_add(1, Ordering::Relaxed);
         while !shutdown.is_cancelled() {
+            stats.rounds.fetch_add(1, Ordering::Relaxed);
             // The I/O, timers and tasks woken from other threads, then
             // whatever that woke.
             tokio::task::yield_now().await;
@@ -288,6 +317,10 @@ pub async fn run(
                 Round::Stop => break,
             }
         }
+        let spun = start.at.elapsed().as_micros();
+        stats
+            .micros
+            .fetch_add(u64::try_from(spun).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 
@@ -401,6 +434,70 @@ mod tests {
             }),
             Round::Idle
         );
+    }
+
+    /// The spinner on a real runtime of one worker: it spins while entries
+    /// come one at a time, and stops, and stays stopped through wake-ups,
+    /// once they stop.
+    #[test]
+    fn a_runtime_spins_while_writes_come_and_stops_when_they_stop() {
+        let trigger = Trigger::default();
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(1).enable_all();
+        assert!(trigger.install(&mut builder, 1));
+        let rt = builder.build().unwrap();
+        let entries = Arc::new(AtomicU64::new(0));
+        let stats = Arc::new(SpinStats::default());
+        let shutdown = CancellationToken::new();
+        let counts = {
+            let entries = entries.clone();
+            move || {
+                let n = entries.load(Ordering::Relaxed);
+                (n, n)
+            }
+        };
+        let spinner = rt.spawn(run(
+            trigger,
+            DEFAULT_WINDOW,
+            counts,
+            stats.clone(),
+            shutdown.clone(),
+        ));
+        let rounds = || stats.get().1;
+
+        // An entry applied, then a task woken from outside the runtime, as
+        // a proposal or an answer arrives from the other runtime.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while rounds() == 0 {
+            assert!(Instant::now() < deadline, "no spell while entries came");
+            entries.fetch_add(1, Ordering::Relaxed);
+            rt.spawn(async {});
+            std::thread::sleep(Duration::from_millis(1));
+        }
+
+        // Entries stop: the rounds stop.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let before = rounds();
+            std::thread::sleep(Duration::from_millis(50));
+            if rounds() == before {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still spinning with no entries");
+        }
+        // Wake-ups without new entries start no spell.
+        let idle = rounds();
+        for _ in 0..20 {
+            rt.spawn(async {});
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(rounds(), idle, "a spell began with no new entries");
+
+        shutdown.cancel();
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), spinner).await })
+            .expect("the spinner ends on shutdown")
+            .unwrap();
+        assert!(stats.get().0 >= 1);
     }
 
     #[test]

@@ -565,7 +565,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Blank => responses.push(Response::default()),
                     EntryPayload::Normal(request) => {
                         raft.commands_since_snapshot += request.commands.len() as u64;
-                        with_commands += 1;
+                        with_commands += u64::from(!request.commands.is_empty());
                         commands += request.commands.len() as u64;
                         let out = applied.state.apply(index, &request);
                         Registry::publish(applied, AppliedEntry::new(index, out.changes));

@@ -1844,3 +1844,16 @@ async fn the_commit_marker_outlives_a_kill_with_no_write_after_it() {
         "a restart applies as far as the marker: it must not lag the answers given"
     );
 }
+
+#[tokio::test]
+async fn applying_counts_the_entries_with_commands_and_their_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dir, mut log, mut sm) = open(tmp.path());
+    assert_eq!(sm.registry().applied_counts(), (0, 0));
+    append_and_apply(&mut log, &mut sm, script()).await;
+    // Four entries carry eight commands; the membership and the blank
+    // entry carry none and are not counted.
+    assert_eq!(sm.registry().applied_counts(), (4, 8));
+    append_and_apply(&mut log, &mut sm, vec![normal(1, 7, vec![])]).await;
+    assert_eq!(sm.registry().applied_counts(), (4, 8));
+}

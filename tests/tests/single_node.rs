@@ -458,4 +458,18 @@ fn http_serves_health_metrics_and_the_member_list() {
         body.lines().any(|l| l == "fuddle_members 1"),
         "no `fuddle_members 1` line in:\n{body}"
     );
+    // The registration (and the session it opened) were applied here.
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no `{name}` line in:\n{body}"))
+    };
+    assert!(value("fuddle_applied_entries_total") >= 1.0, "{body}");
+    assert!(
+        value("fuddle_applied_commands_total") >= value("fuddle_applied_entries_total"),
+        "{body}"
+    );
+    // Present whether or not a spell ran.
+    value("fuddle_spin_spells_total");
+    value("fuddle_spin_seconds_total");
 }
