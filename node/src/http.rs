@@ -130,7 +130,7 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
         ),
         (
             "fuddle_applied_commands_total",
-            "Commands in those entries: over the entries, how many writes each log entry and its disk sync carried.",
+            "Commands in those entries; divided by fuddle_applied_entries_total, the writes each entry carried.",
             applied_commands,
         ),
         (
@@ -153,7 +153,7 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
     }
     let name = "fuddle_spin_seconds_total";
     out.push_str(&format!(
-        "# HELP {name} Time worker threads spent looking for work before sleeping (--spin): at most this much CPU.\n\
+        "# HELP {name} Wall time of spin spells (--spin), tasks run during them included: an upper bound on the CPU spinning cost.\n\
          # TYPE {name} counter\n{name} {:.6}\n",
         spun.as_secs_f64()
     ));
