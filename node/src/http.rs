@@ -120,18 +120,18 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
          {name}{{via=\"unary\"}} {unary}\n{name}{{via=\"session_stream\"}} {session_stream}\n"
     ));
     let (kept_back, sent_late) = core.commits.get();
-    let (applied_entries, applied_commands) = core.registry.applied_counts();
+    let applied = core.registry.applied_counts();
     let (spells, _, spun) = core.spin.get();
     for counter in [
         (
             "fuddle_applied_entries_total",
             "Log entries with commands applied since this node started.",
-            applied_entries,
+            applied.entries,
         ),
         (
             "fuddle_applied_commands_total",
             "Commands in those entries; divided by fuddle_applied_entries_total, the writes each entry carried.",
-            applied_commands,
+            applied.commands,
         ),
         (
             "fuddle_spin_spells_total",

@@ -42,6 +42,7 @@ use std::task::Poll;
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
+use fuddle_storage::AppliedCounts;
 use nix::sys::resource::{UsageWho, getrusage};
 use nix::time::{ClockId, clock_gettime};
 use tokio::sync::Notify;
@@ -57,6 +58,10 @@ pub const DEFAULT_WINDOW_ARG: &str = "500us";
 /// by a timer on an idle node goes back to sleep at once.
 pub const RECENT: Duration = Duration::from_millis(10);
 
+/// How long the spinner rests after a spell found the core wanted by
+/// other threads.
+pub const REST: Duration = Duration::from_millis(10);
+
 /// CPU a round may take on its own (two yields, a poll of the driver, the
 /// clocks); more means some other task ran in it.
 const ROUND_CPU: Duration = Duration::from_micros(8);
@@ -71,6 +76,14 @@ const SAMPLE_ENTRIES: u64 = 16;
 /// Most commands per entry, on average, for writes to count as coming one
 /// at a time.
 const SERIAL_COMMANDS_PER_ENTRY: u64 = 2;
+
+/// Most subscriptions an entry is offered to on this node, on average, for
+/// spinning. Fanning an entry out costs the node about 1 µs a
+/// subscription, so past about a hundred the node's own fan-out takes
+/// longer than the wake-ups spinning saves (about 40 µs each, a few per
+/// write), and spinning only took CPU from it: with 3 300 subscriptions
+/// per node, a single writer's writes took several times as long.
+const MAX_SUBSCRIPTIONS_PER_ENTRY: u64 = 100;
 
 /// Told when the worker of a runtime wakes (its `on_thread_unpark`).
 #[derive(Debug, Default, Clone)]
@@ -115,48 +128,63 @@ impl SpinStats {
     }
 }
 
-/// Whether writes have been coming one at a time, judged from the counts
-/// of entries and commands applied (`fuddle_storage::Registry::applied_counts`).
+/// Whether writes have been coming one at a time to a node not busy
+/// fanning them out, judged from what was applied
+/// (`fuddle_storage::Registry::applied_counts`).
 #[derive(Debug)]
 pub struct Regime {
     /// The counts when the current sample began.
-    sample_start: (u64, u64),
+    sample_start: AppliedCounts,
     /// The entry count last seen, and when a new one was first seen.
     last_entries: u64,
     last_entry_at: Option<Instant>,
     /// The last sample's verdict.
     serial: bool,
+    /// No spell before this: the last one found the core wanted by other
+    /// threads.
+    resting_until: Option<Instant>,
 }
 
 impl Regime {
     /// A regime that has seen `counts` so far, taken as serial until a
     /// sample says otherwise (a fresh node's first writes are few).
-    pub fn new(counts: (u64, u64)) -> Regime {
+    pub fn new(counts: AppliedCounts) -> Regime {
         Regime {
             sample_start: counts,
-            last_entries: counts.0,
+            last_entries: counts.entries,
             last_entry_at: None,
             serial: true,
+            resting_until: None,
         }
     }
 
-    /// Takes the current counts (entries, commands) at `now`; whether a
-    /// spell should start.
-    pub fn observe(&mut self, counts: (u64, u64), now: Instant) -> bool {
-        if counts.0 != self.last_entries {
-            self.last_entries = counts.0;
+    /// Takes the current counts at `now`; whether a spell should start.
+    pub fn observe(&mut self, counts: AppliedCounts, now: Instant) -> bool {
+        if counts.entries != self.last_entries {
+            self.last_entries = counts.entries;
             self.last_entry_at = Some(now);
         }
-        let entries = counts.0.saturating_sub(self.sample_start.0);
+        let entries = counts.entries.saturating_sub(self.sample_start.entries);
         if entries >= SAMPLE_ENTRIES {
-            let commands = counts.1.saturating_sub(self.sample_start.1);
-            self.serial = commands <= entries.saturating_mul(SERIAL_COMMANDS_PER_ENTRY);
+            let commands = counts.commands.saturating_sub(self.sample_start.commands);
+            let offers = counts.offers.saturating_sub(self.sample_start.offers);
+            self.serial = commands <= entries.saturating_mul(SERIAL_COMMANDS_PER_ENTRY)
+                && offers <= entries.saturating_mul(MAX_SUBSCRIPTIONS_PER_ENTRY);
             self.sample_start = counts;
         }
         self.serial
+            && self.resting_until.is_none_or(|until| now >= until)
             && self
                 .last_entry_at
                 .is_some_and(|at| now.saturating_duration_since(at) < RECENT)
+    }
+
+    /// No spell for [`REST`] from `now`: a spell found the core wanted by
+    /// other threads (the node fanning out to many subscribers, say, on a
+    /// machine it shares with them). Spells started afresh at each wake-up
+    /// would each take the core from them again before giving up.
+    pub fn rest(&mut self, now: Instant) {
+        self.resting_until = Some(now + REST);
     }
 }
 
@@ -213,8 +241,11 @@ pub enum Round {
     /// Only the spinner ran: the next round first offers the core to any
     /// thread waiting for it.
     Idle,
-    /// The spell is over.
+    /// The spell is over: no other work came for the window.
     Stop,
+    /// The spell is over: other threads wanted this core. The next spells
+    /// wait (see [`Regime::rest`]).
+    Contended,
 }
 
 impl Spell {
@@ -247,7 +278,9 @@ impl Spell {
         let spun = now.at.saturating_duration_since(self.started);
         let contended = spun > CONTENDED_AFTER && self.off * 2 > spun;
         let quiet_for = now.at.saturating_duration_since(self.quiet_since);
-        if contended || quiet_for > self.window {
+        if contended {
+            Round::Contended
+        } else if quiet_for > self.window {
             Round::Stop
         } else if worked {
             Round::Worked
@@ -277,12 +310,12 @@ async fn behind_queued() {
 
 /// Spins on the current runtime, whose one worker `trigger` was installed
 /// on, whenever that worker wakes while writes come one at a time, until
-/// `shutdown`. `counts` gives the entries and commands applied so far;
-/// `stats` counts what it did.
+/// `shutdown`. `counts` gives what was applied so far; `stats` counts
+/// what it did.
 pub async fn run(
     trigger: Trigger,
     window: Duration,
-    counts: impl Fn() -> (u64, u64),
+    counts: impl Fn() -> AppliedCounts,
     stats: Arc<SpinStats>,
     shutdown: CancellationToken,
 ) {
@@ -315,6 +348,10 @@ pub async fn run(
                 // Another thread waiting for this core gets it first.
                 Round::Idle => std::thread::yield_now(),
                 Round::Stop => break,
+                Round::Contended => {
+                    regime.rest(reading.at);
+                    break;
+                }
             }
         }
         let spun = start.at.elapsed().as_micros();
@@ -341,6 +378,15 @@ mod tests {
         Duration::from_micros(n)
     }
 
+    /// Entries and commands applied, nobody subscribed.
+    fn c(entries: u64, commands: u64) -> AppliedCounts {
+        AppliedCounts {
+            entries,
+            commands,
+            offers: 0,
+        }
+    }
+
     /// Idle rounds of 2 us (all of it on the CPU) from `from` until
     /// `until`, or until the spell ends; when it ended, if it did.
     fn idle_rounds(
@@ -357,7 +403,7 @@ mod tests {
             match spell.round(reading(t0 + us(at), *cpu)) {
                 Round::Idle => {}
                 Round::Worked => panic!("an idle round counted as work"),
-                Round::Stop => return Some(at),
+                Round::Stop | Round::Contended => return Some(at),
             }
         }
         None
@@ -383,7 +429,7 @@ mod tests {
         // Each round 2 us on the CPU and 20 us waiting for it.
         let mut ended_at = None;
         for round in 1..=100u64 {
-            if spell.round(reading(t0 + us(22 * round), 2 * round)) == Round::Stop {
+            if spell.round(reading(t0 + us(22 * round), 2 * round)) == Round::Contended {
                 ended_at = Some(round);
                 break;
             }
@@ -453,7 +499,7 @@ mod tests {
             let entries = entries.clone();
             move || {
                 let n = entries.load(Ordering::Relaxed);
-                (n, n)
+                c(n, n)
             }
         };
         let spinner = rt.spawn(run(
@@ -519,26 +565,52 @@ mod tests {
     #[test]
     fn the_regime_is_serial_for_single_command_entries_applied_recently() {
         let t0 = Instant::now();
-        let mut regime = Regime::new((100, 100));
+        let mut regime = Regime::new(c(100, 100));
         // Nothing applied since it started: not recent.
-        assert!(!regime.observe((100, 100), t0));
-        assert!(regime.observe((101, 101), t0));
-        assert!(regime.observe((101, 101), t0 + RECENT / 2));
+        assert!(!regime.observe(c(100, 100), t0));
+        assert!(regime.observe(c(101, 101), t0));
+        assert!(regime.observe(c(101, 101), t0 + RECENT / 2));
         // Idle for longer than RECENT: no spell.
-        assert!(!regime.observe((101, 101), t0 + RECENT * 2));
-        assert!(regime.observe((120, 120), t0 + RECENT * 3));
+        assert!(!regime.observe(c(101, 101), t0 + RECENT * 2));
+        assert!(regime.observe(c(120, 120), t0 + RECENT * 3));
+    }
+
+    #[test]
+    fn the_regime_is_not_serial_when_entries_fan_out_widely() {
+        let t0 = Instant::now();
+        let mut regime = Regime::new(c(0, 0));
+        let wide = AppliedCounts {
+            offers: 16 * 3_300,
+            ..c(16, 16)
+        };
+        assert!(!regime.observe(wide, t0));
+        let narrow = AppliedCounts {
+            offers: wide.offers + 16 * 100,
+            ..c(32, 32)
+        };
+        assert!(regime.observe(narrow, t0));
+    }
+
+    #[test]
+    fn the_regime_rests_after_a_contended_spell() {
+        let t0 = Instant::now();
+        let mut regime = Regime::new(c(0, 0));
+        assert!(regime.observe(c(1, 1), t0));
+        regime.rest(t0);
+        assert!(!regime.observe(c(2, 2), t0 + REST / 2));
+        assert!(regime.observe(c(3, 3), t0 + REST));
     }
 
     #[test]
     fn the_regime_is_not_serial_when_entries_carry_many_commands() {
         let t0 = Instant::now();
-        let mut regime = Regime::new((0, 0));
+        let mut regime = Regime::new(c(0, 0));
         // Fewer than a sample's worth: the verdict stands.
-        assert!(regime.observe((10, 200), t0));
+        assert!(regime.observe(c(10, 200), t0));
         // A whole sample of 20 commands per entry.
-        assert!(!regime.observe((20, 400), t0));
-        assert!(!regime.observe((30, 420), t0));
+        assert!(!regime.observe(c(20, 400), t0));
+        assert!(!regime.observe(c(30, 420), t0));
         // Back to one command per entry.
-        assert!(regime.observe((40, 440), t0));
+        assert!(regime.observe(c(40, 440), t0));
     }
 }

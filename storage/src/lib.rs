@@ -45,7 +45,7 @@ pub use log_store::{Alone, LogStore};
 pub use log_sync::LogSync;
 pub use member::{Member, MemberSpec, MemberStatus};
 pub use metadata::Metadata;
-pub use registry::{Applied, Registry};
+pub use registry::{Applied, AppliedCounts, Registry};
 pub use session::{Session, SessionStatus};
 pub use state::{ApplyOutput, RegistryState};
 pub use state_machine::{StateMachineStore, open_stores};

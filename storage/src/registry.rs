@@ -50,11 +50,25 @@ pub struct Registry {
     /// Told after an update left feed items for the broadcaster (see
     /// [`Registry::run_broadcaster`]).
     unsent: Notify,
-    /// Log entries with commands applied, and the commands in them: how
-    /// well writes are batched, for `/metrics` and for the node's choice
-    /// to spin while writes come one at a time.
+    /// Log entries with commands applied, the commands in them, and the
+    /// subscriptions each was offered to (summed): how well writes are
+    /// batched and how wide they fan out, for `/metrics` and for the
+    /// node's choice to spin while writes come one at a time.
     applied_entries: AtomicU64,
     applied_commands: AtomicU64,
+    applied_offers: AtomicU64,
+}
+
+/// What [`Registry::applied_counts`] returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppliedCounts {
+    /// Entries with commands applied.
+    pub entries: u64,
+    /// The commands in them.
+    pub commands: u64,
+    /// For each of them, the subscriptions on this node when it was
+    /// applied, summed: the fan-out's width times its entries.
+    pub offers: u64,
 }
 
 impl Registry {
@@ -71,6 +85,7 @@ impl Registry {
             unsent: Notify::new(),
             applied_entries: AtomicU64::new(0),
             applied_commands: AtomicU64::new(0),
+            applied_offers: AtomicU64::new(0),
         })
     }
 
@@ -86,19 +101,25 @@ impl Registry {
         *self.index_tx.borrow()
     }
 
-    /// Entries with commands applied since this registry was made, and the
-    /// commands in them.
-    pub fn applied_counts(&self) -> (u64, u64) {
-        (
-            self.applied_entries.load(Ordering::Relaxed),
-            self.applied_commands.load(Ordering::Relaxed),
-        )
+    /// What was applied since this registry was made (see
+    /// [`AppliedCounts`]). Three relaxed loads: a reader may see one count
+    /// of a batch before the others.
+    pub fn applied_counts(&self) -> AppliedCounts {
+        AppliedCounts {
+            entries: self.applied_entries.load(Ordering::Relaxed),
+            commands: self.applied_commands.load(Ordering::Relaxed),
+            offers: self.applied_offers.load(Ordering::Relaxed),
+        }
     }
 
-    /// Counts `entries` applied entries holding `commands` commands.
-    pub(crate) fn count_applied(&self, entries: u64, commands: u64) {
-        self.applied_entries.fetch_add(entries, Ordering::Relaxed);
-        self.applied_commands.fetch_add(commands, Ordering::Relaxed);
+    /// Counts what one apply applied.
+    pub(crate) fn count_applied(&self, counts: AppliedCounts) {
+        self.applied_entries
+            .fetch_add(counts.entries, Ordering::Relaxed);
+        self.applied_commands
+            .fetch_add(counts.commands, Ordering::Relaxed);
+        self.applied_offers
+            .fetch_add(counts.offers, Ordering::Relaxed);
     }
 
     /// A receiver that sees the applied index change.

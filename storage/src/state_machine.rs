@@ -37,7 +37,7 @@ use crate::feed::{AppliedEntry, FeedConfig};
 use crate::gate;
 use crate::log_sync::LogSync;
 use crate::member::Member;
-use crate::registry::Registry;
+use crate::registry::{AppliedCounts, Registry};
 use crate::session::Session;
 use crate::snapshot_files;
 use crate::state::RegistryState;
@@ -554,9 +554,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map_err(|e| StorageIOError::apply(last.log_id, AnyError::new(&e)))?;
         }
         let raft = self.raft.clone();
-        let (mut with_commands, mut commands) = (0, 0);
+        let mut counts = AppliedCounts::default();
         self.registry.update(|applied| {
             let mut raft = raft.lock().expect("state machine lock poisoned");
+            let subscriptions = applied.feed.receivers() as u64;
             for entry in entries {
                 let index = entry.log_id.index;
                 raft.last_applied = Some(entry.log_id);
@@ -565,8 +566,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Blank => responses.push(Response::default()),
                     EntryPayload::Normal(request) => {
                         raft.commands_since_snapshot += request.commands.len() as u64;
-                        with_commands += u64::from(!request.commands.is_empty());
-                        commands += request.commands.len() as u64;
+                        if !request.commands.is_empty() {
+                            counts.entries += 1;
+                            counts.commands += request.commands.len() as u64;
+                            counts.offers += subscriptions;
+                        }
                         let out = applied.state.apply(index, &request);
                         Registry::publish(applied, AppliedEntry::new(index, out.changes));
                         responses.push(Response {
@@ -580,7 +584,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
         });
-        self.registry.count_applied(with_commands, commands);
+        self.registry.count_applied(counts);
         Ok(responses)
     }
 

@@ -1849,11 +1849,31 @@ async fn the_commit_marker_outlives_a_kill_with_no_write_after_it() {
 async fn applying_counts_the_entries_with_commands_and_their_commands() {
     let tmp = tempfile::tempdir().unwrap();
     let (_dir, mut log, mut sm) = open(tmp.path());
-    assert_eq!(sm.registry().applied_counts(), (0, 0));
+    let counts = |sm: &StateMachineStore| {
+        let c = sm.registry().applied_counts();
+        (c.entries, c.commands, c.offers)
+    };
+    assert_eq!(counts(&sm), (0, 0, 0));
     append_and_apply(&mut log, &mut sm, script()).await;
     // Four entries carry eight commands; the membership and the blank
-    // entry carry none and are not counted.
-    assert_eq!(sm.registry().applied_counts(), (4, 8));
+    // entry carry none and are not counted. Nobody is subscribed.
+    assert_eq!(counts(&sm), (4, 8, 0));
     append_and_apply(&mut log, &mut sm, vec![normal(1, 7, vec![])]).await;
-    assert_eq!(sm.registry().applied_counts(), (4, 8));
+    assert_eq!(counts(&sm), (4, 8, 0));
+    // Two subscriptions: each entry with commands is offered to both.
+    let registry = sm.registry();
+    let _subscribed = [
+        registry.read_and_subscribe(|_| ()).unwrap(),
+        registry.read_and_subscribe(|_| ()).unwrap(),
+    ];
+    append_and_apply(
+        &mut log,
+        &mut sm,
+        vec![
+            normal(1, 8, vec![register("s1", 5, "m3")]),
+            normal(1, 9, vec![register("s1", 6, "m4")]),
+        ],
+    )
+    .await;
+    assert_eq!(counts(&sm), (6, 10, 4));
 }
