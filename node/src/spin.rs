@@ -87,9 +87,41 @@ const MAX_SUBSCRIPTIONS_PER_ENTRY: u64 = 100;
 
 /// Told when the worker of a runtime wakes (its `on_thread_unpark`).
 #[derive(Debug, Default, Clone)]
-pub struct Trigger(Arc<Notify>);
+pub struct Trigger(Arc<TriggerState>);
+
+#[derive(Debug, Default)]
+struct TriggerState {
+    /// Wakes the spinner.
+    notify: Notify,
+    /// Whether the spinner's last look found writes coming one at a time:
+    /// if not, only one wake-up in [`DISARMED_EVERY`] tells it, so that a
+    /// busy node (many writers, a wide fan-out) pays next to nothing for a
+    /// spinner that would not spin, yet looks again now and then.
+    armed: std::sync::atomic::AtomicBool,
+    /// Wake-ups while disarmed.
+    skipped: AtomicU64,
+}
+
+/// While disarmed, one wake-up of the worker in this many tells the
+/// spinner to look again.
+const DISARMED_EVERY: u64 = 64;
 
 impl Trigger {
+    /// The worker woke: tells the spinner, or while it is disarmed, only
+    /// one time in [`DISARMED_EVERY`].
+    fn unparked(&self) {
+        let state = &self.0;
+        if state.armed.load(Ordering::Relaxed)
+            || state.skipped.fetch_add(1, Ordering::Relaxed) % DISARMED_EVERY == 0
+        {
+            state.notify.notify_one();
+        }
+    }
+
+    fn arm(&self, armed: bool) {
+        self.0.armed.store(armed, Ordering::Relaxed);
+    }
+
     /// Registers this trigger on a runtime about to be built with
     /// `workers` workers; false (and nothing registered) unless that is
     /// one: see the module's documentation.
@@ -100,7 +132,7 @@ impl Trigger {
         let trigger = self.clone();
         // Runs on the worker thread as it wakes: a permit for the spinner,
         // or, if it waits, a wake-up queued for the worker.
-        builder.on_thread_unpark(move || trigger.0.notify_one());
+        builder.on_thread_unpark(move || trigger.unparked());
         true
     }
 }
@@ -322,10 +354,12 @@ pub async fn run(
     let mut regime = Regime::new(counts());
     loop {
         tokio::select! {
-            _ = trigger.0.notified() => {}
+            _ = trigger.0.notify.notified() => {}
             _ = shutdown.cancelled() => return,
         }
-        if !regime.observe(counts(), Instant::now()) {
+        let spin = regime.observe(counts(), Instant::now());
+        trigger.arm(spin);
+        if !spin {
             continue;
         }
         let start = Reading::now();
@@ -552,6 +586,27 @@ mod tests {
             humantime::parse_duration(DEFAULT_WINDOW_ARG).unwrap(),
             DEFAULT_WINDOW
         );
+    }
+
+    #[test]
+    fn a_disarmed_trigger_tells_the_spinner_one_wake_up_in_so_many() {
+        let trigger = Trigger::default();
+        let told = |n: u64| {
+            let mut count = 0;
+            for _ in 0..n {
+                trigger.unparked();
+                // A stored permit is taken at once; none stored is pending.
+                let notified = trigger.0.notify.notified();
+                let mut notified = std::pin::pin!(notified);
+                if notified.as_mut().enable() {
+                    count += 1;
+                }
+            }
+            count
+        };
+        assert_eq!(told(DISARMED_EVERY * 3), 3);
+        trigger.arm(true);
+        assert_eq!(told(10), 10);
     }
 
     #[test]
