@@ -112,7 +112,10 @@ impl Trigger {
     fn unparked(&self) {
         let state = &self.0;
         if state.armed.load(Ordering::Relaxed)
-            || state.skipped.fetch_add(1, Ordering::Relaxed) % DISARMED_EVERY == 0
+            || state
+                .skipped
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(DISARMED_EVERY)
         {
             state.notify.notify_one();
         }
@@ -160,6 +163,22 @@ impl SpinStats {
     }
 }
 
+/// What was applied between `earlier` and `later`.
+fn since(later: AppliedCounts, earlier: AppliedCounts) -> AppliedCounts {
+    AppliedCounts {
+        entries: later.entries.saturating_sub(earlier.entries),
+        commands: later.commands.saturating_sub(earlier.commands),
+        offers: later.offers.saturating_sub(earlier.offers),
+    }
+}
+
+/// Whether these entries look like writes coming one at a time to a node
+/// not busy fanning them out.
+fn one_at_a_time(applied: AppliedCounts) -> bool {
+    applied.commands <= applied.entries.saturating_mul(SERIAL_COMMANDS_PER_ENTRY)
+        && applied.offers <= applied.entries.saturating_mul(MAX_SUBSCRIPTIONS_PER_ENTRY)
+}
+
 /// Whether writes have been coming one at a time to a node not busy
 /// fanning them out, judged from what was applied
 /// (`fuddle_storage::Registry::applied_counts`).
@@ -167,8 +186,8 @@ impl SpinStats {
 pub struct Regime {
     /// The counts when the current sample began.
     sample_start: AppliedCounts,
-    /// The entry count last seen, and when a new one was first seen.
-    last_entries: u64,
+    /// The counts last seen, and when a new entry was first seen.
+    last_seen: AppliedCounts,
     last_entry_at: Option<Instant>,
     /// The last sample's verdict.
     serial: bool,
@@ -183,7 +202,7 @@ impl Regime {
     pub fn new(counts: AppliedCounts) -> Regime {
         Regime {
             sample_start: counts,
-            last_entries: counts.entries,
+            last_seen: counts,
             last_entry_at: None,
             serial: true,
             resting_until: None,
@@ -191,17 +210,23 @@ impl Regime {
     }
 
     /// Takes the current counts at `now`; whether a spell should start.
+    ///
+    /// Quick to stop, slow to start: entries that carry many commands or
+    /// fan out widely end spinning as soon as they are seen, and only a
+    /// whole sample of single writes starts it again.
     pub fn observe(&mut self, counts: AppliedCounts, now: Instant) -> bool {
-        if counts.entries != self.last_entries {
-            self.last_entries = counts.entries;
+        let new = since(counts, self.last_seen);
+        self.last_seen = counts;
+        if new.entries > 0 {
             self.last_entry_at = Some(now);
+            if !one_at_a_time(new) {
+                self.serial = false;
+                self.sample_start = counts;
+            }
         }
-        let entries = counts.entries.saturating_sub(self.sample_start.entries);
-        if entries >= SAMPLE_ENTRIES {
-            let commands = counts.commands.saturating_sub(self.sample_start.commands);
-            let offers = counts.offers.saturating_sub(self.sample_start.offers);
-            self.serial = commands <= entries.saturating_mul(SERIAL_COMMANDS_PER_ENTRY)
-                && offers <= entries.saturating_mul(MAX_SUBSCRIPTIONS_PER_ENTRY);
+        let sample = since(counts, self.sample_start);
+        if sample.entries >= SAMPLE_ENTRIES {
+            self.serial = one_at_a_time(sample);
             self.sample_start = counts;
         }
         self.serial
@@ -631,6 +656,18 @@ mod tests {
     }
 
     #[test]
+    fn the_regime_stops_at_the_first_wide_entry() {
+        let t0 = Instant::now();
+        let mut regime = Regime::new(c(0, 0));
+        assert!(regime.observe(c(1, 1), t0));
+        let wide = AppliedCounts {
+            offers: 3_300,
+            ..c(2, 2)
+        };
+        assert!(!regime.observe(wide, t0));
+    }
+
+    #[test]
     fn the_regime_is_not_serial_when_entries_fan_out_widely() {
         let t0 = Instant::now();
         let mut regime = Regime::new(c(0, 0));
@@ -660,12 +697,13 @@ mod tests {
     fn the_regime_is_not_serial_when_entries_carry_many_commands() {
         let t0 = Instant::now();
         let mut regime = Regime::new(c(0, 0));
-        // Fewer than a sample's worth: the verdict stands.
-        assert!(regime.observe(c(10, 200), t0));
-        // A whole sample of 20 commands per entry.
-        assert!(!regime.observe(c(20, 400), t0));
-        assert!(!regime.observe(c(30, 420), t0));
-        // Back to one command per entry.
-        assert!(regime.observe(c(40, 440), t0));
+        // Ten entries of twenty commands: it stops at once, not after a
+        // whole sample.
+        assert!(!regime.observe(c(10, 200), t0));
+        // Single commands again: only a whole sample of them (16 entries)
+        // starts it.
+        assert!(!regime.observe(c(20, 210), t0));
+        assert!(!regime.observe(c(25, 215), t0));
+        assert!(regime.observe(c(26, 216), t0));
     }
 }
