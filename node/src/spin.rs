@@ -20,19 +20,25 @@
 //! documentation does not promise: if it changed, the spinner would only
 //! spin in vain.
 //!
-//! It spins only while it helps:
+//! It spins only while it helps (see [`Regime`] and [`Spell`]):
 //! - only while writes come one at a time (at most two commands per log
-//!   entry over recent entries): with many writers, entries carry many
-//!   commands, the workers have work queued anyway, and spinning took CPU
-//!   from them;
+//!   entry): with many writers, entries carry many commands, the workers
+//!   have work queued anyway, and spinning took CPU from them;
+//! - only while the node does not fan its entries out widely (at most
+//!   [`MAX_SUBSCRIPTIONS_PER_ENTRY`] subscriptions each): its own fan-out
+//!   then outweighs the wake-ups spinning saves;
 //! - not when idle: a spell starts only when the worker wakes and a new
 //!   entry was seen within [`RECENT`], and ends when none has been for
 //!   that long, however busy its rounds look;
 //! - not against other threads: a round in which nothing else ran first
-//!   offers the core to any thread waiting for it, and a spell ends once
-//!   more than half of it went to other threads.
+//!   offers the core to any thread waiting for it, and a spell that spent
+//!   more than half of its time off the CPU ends and the spinner rests
+//!   for [`REST`];
 //! - only on a runtime with one worker: with more, each round of the
 //!   spinner would wake a sleeping sibling to look for work.
+//!
+//! While it would not spin, only one wake-up of the worker in
+//! [`DISARMED_EVERY`] tells it, so a busy node pays next to nothing.
 //!
 //! Hand-written: tokio has no setting to spin before parking.
 
@@ -83,7 +89,7 @@ const SERIAL_COMMANDS_PER_ENTRY: u64 = 2;
 /// longer than the wake-ups spinning saves (about 40 µs each, a few per
 /// write), and spinning only took CPU from it: with 3 300 subscriptions
 /// per node, a single writer's writes took several times as long.
-const MAX_SUBSCRIPTIONS_PER_ENTRY: u64 = 100;
+pub const MAX_SUBSCRIPTIONS_PER_ENTRY: u64 = 100;
 
 /// Told when the worker of a runtime wakes (its `on_thread_unpark`).
 #[derive(Debug, Default, Clone)]
@@ -104,7 +110,7 @@ struct TriggerState {
 
 /// While disarmed, one wake-up of the worker in this many tells the
 /// spinner to look again.
-const DISARMED_EVERY: u64 = 64;
+pub const DISARMED_EVERY: u64 = 64;
 
 impl Trigger {
     /// The worker woke: tells the spinner, or while it is disarmed, only
