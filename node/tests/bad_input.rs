@@ -1447,6 +1447,9 @@ fn raw_bytes_to_every_rpc() {
                         "client_id",
                         "consistency",
                         "filter",
+                        // A Subscribe body whose field 2 is a small number
+                        // past the log's end (a future index is refused).
+                        "since_index",
                         "open",
                         "session stream",
                         "the first message",
