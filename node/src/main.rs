@@ -120,8 +120,7 @@ fn main() -> ExitCode {
     let workers = Workers::here().main;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(workers).enable_all();
-    let spin = fuddle_node::spin::Trigger::default();
-    let spinning = !config.spin.is_zero() && spin.install(&mut builder, workers);
+    let spin = fuddle_node::spin::Trigger::install(&mut builder, workers, config.spin);
     let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -137,8 +136,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if spinning {
-            node.spin_here(spin);
+        if let Some(trigger) = spin {
+            node.spin_here(trigger);
         }
         // One line on stdout that scripts and tests can wait for.
         println!(

@@ -87,19 +87,18 @@ pub struct Node {
 struct RaftRuntime(Option<tokio::runtime::Runtime>);
 
 impl RaftRuntime {
-    /// Builds the runtime, and with `spin` on, the trigger of its spinner
-    /// if it can have one (see `spin`).
-    fn start(spin: bool) -> std::io::Result<(RaftRuntime, Option<spin::Trigger>)> {
+    /// Builds the runtime, and the trigger of its spinner if it has one
+    /// (a `spin` window and one worker: see `spin`).
+    fn start(spin: Duration) -> std::io::Result<(RaftRuntime, Option<spin::Trigger>)> {
         let workers = Workers::here().raft;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder
             .worker_threads(workers)
             .thread_name("fuddle-raft")
             .enable_all();
-        let trigger = spin::Trigger::default();
-        let spinning = spin && trigger.install(&mut builder, workers);
+        let trigger = spin::Trigger::install(&mut builder, workers, spin);
         let runtime = builder.build()?;
-        Ok((RaftRuntime(Some(runtime)), spinning.then_some(trigger)))
+        Ok((RaftRuntime(Some(runtime)), trigger))
     }
 
     fn handle(&self) -> &tokio::runtime::Handle {
@@ -363,7 +362,7 @@ impl Node {
             .map_err(|e| StartError::Storage(e.to_string()))?
             .map_or(0, |v| v.leader_id().term);
         let startup_last_log = log_store.last_index().unwrap_or(0);
-        let (raft_runtime, raft_spin) = RaftRuntime::start(!config.spin.is_zero())
+        let (raft_runtime, raft_spin) = RaftRuntime::start(config.spin)
             .map_err(|e| StartError::Raft(format!("cannot start the Raft runtime: {e}")))?;
         // Raft spawns its tasks (core, state machine worker, replication)
         // where it is created.
@@ -517,11 +516,8 @@ impl Node {
     /// Spins on the runtime this is called on, which `trigger` must have
     /// been installed on when it was built (the node binary's main
     /// runtime; the Raft runtime's spinner is started by [`Node::start`]).
-    /// Nothing when the node's `spin` is zero.
     pub fn spin_here(&mut self, trigger: spin::Trigger) {
-        if !self.core.config.spin.is_zero() {
-            self.tasks.spawn(spin_task(&self.core, trigger));
-        }
+        self.tasks.spawn(spin_task(&self.core, trigger));
     }
 
     /// Runs until `signal` completes, then shuts down cleanly. Returns the

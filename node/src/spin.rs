@@ -91,8 +91,10 @@ const SERIAL_COMMANDS_PER_ENTRY: u64 = 2;
 /// per node, a single writer's writes took several times as long.
 pub const MAX_SUBSCRIPTIONS_PER_ENTRY: u64 = 100;
 
-/// Told when the worker of a runtime wakes (its `on_thread_unpark`).
-#[derive(Debug, Default, Clone)]
+/// Told when the worker of a runtime wakes (its `on_thread_unpark`); made
+/// only by [`Trigger::install`], so that a spinner always has a runtime
+/// that tells it.
+#[derive(Debug, Clone)]
 pub struct Trigger(Arc<TriggerState>);
 
 #[derive(Debug, Default)]
@@ -131,18 +133,24 @@ impl Trigger {
         self.0.armed.store(armed, Ordering::Relaxed);
     }
 
-    /// Registers this trigger on a runtime about to be built with
-    /// `workers` workers; false (and nothing registered) unless that is
-    /// one: see the module's documentation.
-    pub fn install(&self, builder: &mut tokio::runtime::Builder, workers: usize) -> bool {
-        if workers != 1 {
-            return false;
+    /// The trigger of a runtime about to be built with `workers` workers,
+    /// registered on its builder, for a spinner with `window`; none (and
+    /// nothing registered) if `window` is zero or `workers` is not one:
+    /// see the module's documentation.
+    pub fn install(
+        builder: &mut tokio::runtime::Builder,
+        workers: usize,
+        window: Duration,
+    ) -> Option<Trigger> {
+        if window.is_zero() || workers != 1 {
+            return None;
         }
-        let trigger = self.clone();
+        let trigger = Trigger(Arc::default());
+        let told = trigger.clone();
         // Runs on the worker thread as it wakes: a permit for the spinner,
         // or, if it waits, a wake-up queued for the worker.
-        builder.on_thread_unpark(move || trigger.unparked());
-        true
+        builder.on_thread_unpark(move || told.unparked());
+        Some(trigger)
     }
 }
 
@@ -552,10 +560,9 @@ mod tests {
     /// once they stop.
     #[test]
     fn a_runtime_spins_while_writes_come_and_stops_when_they_stop() {
-        let trigger = Trigger::default();
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(1).enable_all();
-        assert!(trigger.install(&mut builder, 1));
+        let trigger = Trigger::install(&mut builder, 1, DEFAULT_WINDOW).unwrap();
         let rt = builder.build().unwrap();
         let entries = Arc::new(AtomicU64::new(0));
         let stats = Arc::new(SpinStats::default());
@@ -621,7 +628,7 @@ mod tests {
 
     #[test]
     fn a_disarmed_trigger_tells_the_spinner_one_wake_up_in_so_many() {
-        let trigger = Trigger::default();
+        let trigger = Trigger(Arc::default());
         let told = |n: u64| {
             let mut count = 0;
             for _ in 0..n {
@@ -642,10 +649,10 @@ mod tests {
 
     #[test]
     fn a_trigger_is_installed_only_on_a_runtime_with_one_worker() {
-        let trigger = Trigger::default();
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        assert!(!trigger.install(&mut builder, 2));
-        assert!(trigger.install(&mut builder, 1));
+        assert!(Trigger::install(&mut builder, 2, DEFAULT_WINDOW).is_none());
+        assert!(Trigger::install(&mut builder, 1, Duration::ZERO).is_none());
+        assert!(Trigger::install(&mut builder, 1, DEFAULT_WINDOW).is_some());
     }
 
     #[test]

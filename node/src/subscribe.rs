@@ -268,10 +268,9 @@ impl Streamer {
         let Some(live) = &mut self.live else {
             return Ok(());
         };
-        // Everything applied up to the index read under the lock is already
-        // in `rx` (items are sent under the write lock, and
-        // `broadcast_index` leaves out what the broadcaster has not sent
-        // yet), so after
+        // Everything up to the index read under the lock is already in
+        // `rx` (items are sent under the write lock, and `broadcast_index`
+        // leaves out what the broadcaster has not sent yet), so after
         // sending what is queued, that index is complete.
         let (queued, index) = {
             let applied = self.registry.read();

@@ -244,37 +244,35 @@ mod tests {
         }
     }
 
+    /// The broadcaster of `registry` on a task of its own, until `stop`.
+    fn spawn_broadcaster(
+        registry: &Arc<Registry>,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let registry = registry.clone();
+        tokio::spawn(async move { registry.run_broadcaster(stop).await })
+    }
+
+    /// Applies an entry of one change at `index`, as the state machine does.
+    fn apply(registry: &Registry, index: u64) {
+        registry.update(|applied| {
+            applied.index = index;
+            Registry::publish(applied, entry(index));
+        })
+    }
+
     #[tokio::test]
     async fn the_broadcaster_sends_what_apply_kept_and_hands_back_when_stopped() {
-        use crate::feed::AppliedEntry;
         let registry = Registry::new(RegistryState::default(), 0, FeedConfig::default());
         let (_, mut rx) = registry.read_and_subscribe(|_| ()).unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let broadcaster = tokio::spawn({
-            let registry = registry.clone();
-            async move {
-                registry
-                    .run_broadcaster(async move {
-                        let _ = stop_rx.await;
-                    })
-                    .await
-            }
+        let broadcaster = spawn_broadcaster(&registry, async move {
+            let _ = stop_rx.await;
         });
-        let apply = |index: u64| {
-            registry.update(|applied| {
-                applied.index = index;
-                let change = crate::change::Change {
-                    id: format!("m{index}"),
-                    before: None,
-                    after: None,
-                };
-                Registry::publish(applied, AppliedEntry::new(index, vec![change]));
-            })
-        };
         // Running, the broadcaster sends what apply keeps, in order.
         tokio::task::yield_now().await;
         for index in 1..=20 {
-            apply(index);
+            apply(&registry, index);
         }
         assert!(registry.read().feed.has_unsent(), "apply kept the entries");
         for index in 1..=20 {
@@ -283,7 +281,7 @@ mod tests {
         // Stopped, it hands sending back to apply.
         stop_tx.send(()).unwrap();
         broadcaster.await.unwrap();
-        apply(21);
+        apply(&registry, 21);
         assert!(matches!(rx.try_recv(), Ok(FeedItem::Entry(e)) if e.index == 21));
         assert!(!registry.read().feed.has_unsent());
     }
@@ -292,15 +290,9 @@ mod tests {
     async fn a_broadcaster_dropped_with_its_task_hands_sending_back() {
         let registry = Registry::new(RegistryState::default(), 0, FeedConfig::default());
         let (_, mut rx) = registry.read_and_subscribe(|_| ()).unwrap();
-        let broadcaster = tokio::spawn({
-            let registry = registry.clone();
-            async move { registry.run_broadcaster(std::future::pending()).await }
-        });
+        let broadcaster = spawn_broadcaster(&registry, std::future::pending());
         tokio::task::yield_now().await;
-        registry.update(|applied| {
-            applied.index = 1;
-            Registry::publish(applied, entry(1));
-        });
+        apply(&registry, 1);
         assert!(
             registry.read().feed.has_unsent(),
             "kept for the broadcaster"
@@ -309,10 +301,7 @@ mod tests {
         let _ = broadcaster.await;
         // What was kept went out, and apply sends again.
         assert_eq!(next(&mut rx).await, 1);
-        registry.update(|applied| {
-            applied.index = 2;
-            Registry::publish(applied, entry(2));
-        });
+        apply(&registry, 2);
         assert!(matches!(rx.try_recv(), Ok(FeedItem::Entry(e)) if e.index == 2));
     }
 
@@ -329,20 +318,11 @@ mod tests {
     async fn a_view_is_complete_only_up_to_what_was_broadcast() {
         let registry = Registry::new(RegistryState::default(), 0, FeedConfig::default());
         let (_, _rx) = registry.read_and_subscribe(|_| ()).unwrap();
-        let apply = |index: u64| {
-            registry.update(|applied| {
-                applied.index = index;
-                Registry::publish(applied, entry(index));
-            })
-        };
-        apply(1);
+        apply(&registry, 1);
         assert_eq!(registry.read().broadcast_index(), 1, "sent by apply");
-        let broadcaster = tokio::spawn({
-            let registry = registry.clone();
-            async move { registry.run_broadcaster(std::future::pending()).await }
-        });
+        let broadcaster = spawn_broadcaster(&registry, std::future::pending());
         tokio::task::yield_now().await;
-        apply(2);
+        apply(&registry, 2);
         // Applied but kept for the broadcaster: not promised yet.
         assert_eq!(registry.read().index, 2);
         assert_eq!(registry.read().broadcast_index(), 1);
