@@ -251,8 +251,6 @@ pub struct NodeProcess {
     addr: String,
     join: Vec<String>,
     extra: Vec<String>,
-    /// Environment variables set for the node on top of the test's own.
-    env: Vec<(String, String)>,
     logs: Vec<PathBuf>,
 }
 
@@ -298,23 +296,6 @@ impl NodeProcess {
         node
     }
 
-    /// [`NodeProcess::start`] of a node alone, with `env` added to its
-    /// environment.
-    pub fn start_with_env(name: &str, env: &[(&str, &str)], extra_args: &[&str]) -> NodeProcess {
-        let mut node = NodeProcess::unstarted(name, &[], extra_args);
-        node.env = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        if let Err(failure) = node.spawn("127.0.0.1:0") {
-            panic!(
-                "node {name} did not start (exit status {:?}):\n{}",
-                failure.status, failure.log
-            );
-        }
-        node
-    }
-
     /// Starts a node named `name` whose data dir `prepare` sets up first
     /// (copies a damaged data dir in, mounts a small file system on it...),
     /// with [`FAST_TIMINGS`] and `extra_args`. A node that exits (or is not
@@ -347,7 +328,6 @@ impl NodeProcess {
             addr: String::new(),
             join: join.iter().map(|s| (*s).to_owned()).collect(),
             extra: extra_args.iter().map(|s| (*s).to_owned()).collect(),
-            env: Vec::new(),
             logs: Vec::new(),
         }
     }
@@ -370,11 +350,6 @@ impl NodeProcess {
     /// The node's data dir.
     pub fn data_dir(&self) -> PathBuf {
         self.root_path.join("data")
-    }
-
-    /// The process's id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the process is running (neither killed nor exited).
@@ -406,7 +381,6 @@ impl NodeProcess {
             .args(["--bind", bind, "--http-bind", "127.0.0.1:0"])
             .args(FAST_TIMINGS)
             .args(&self.extra)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

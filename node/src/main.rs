@@ -83,10 +83,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // First, while this is the only thread: glibc reads the allocator's
-    // tunables only at a process's start, so this may start the node again
-    // (same pid) with them set.
-    let unexecuted = fuddle_node::memory::exec_with_allocator_tunables();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -94,13 +90,6 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Some(e) = unexecuted {
-        tracing::warn!(
-            "running on glibc's default allocator settings: could not start again with {}={}: {e}",
-            fuddle_node::memory::TUNABLES_VAR,
-            fuddle_node::memory::ALLOCATOR_TUNABLES
-        );
-    }
     let args = Args::parse();
     let mut config = Config::new(args.data_dir);
     config.bind = args.bind;

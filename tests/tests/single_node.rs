@@ -473,38 +473,3 @@ fn http_serves_health_metrics_and_the_member_list() {
     value("fuddle_spin_spells_total");
     value("fuddle_spin_seconds_total");
 }
-
-/// The `GLIBC_TUNABLES` a running node's environment holds, if any.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tunables_of(node: &NodeProcess) -> Option<String> {
-    let pid = node.pid().expect("the node runs");
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the node's environment");
-    environ
-        .split(|b| *b == 0)
-        .find_map(|var| var.strip_prefix(b"GLIBC_TUNABLES="))
-        .map(|value| String::from_utf8_lossy(value).into_owned())
-}
-
-/// The node starts itself again, in the same process, with glibc's
-/// allocator tunables (node/src/memory.rs), and keeps an operator's own.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[test]
-fn the_node_runs_with_its_allocator_tunables_unless_the_operator_set_some() {
-    let ours = NodeProcess::start("tunables", &[], &[]);
-    assert_eq!(
-        tunables_of(&ours).as_deref(),
-        Some("glibc.malloc.tcache_count=1024")
-    );
-    assert!(
-        !ours.log().contains("default allocator settings"),
-        "{}",
-        ours.log()
-    );
-    let list = ours.list("linearizable").expect("the node serves");
-    assert!(list.members.is_empty());
-
-    let own = "glibc.malloc.tcache_count=7";
-    let theirs = NodeProcess::start_with_env("own-tunables", &[("GLIBC_TUNABLES", own)], &[]);
-    assert_eq!(tunables_of(&theirs).as_deref(), Some(own));
-    theirs.list("linearizable").expect("the node serves");
-}
