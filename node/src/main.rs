@@ -117,10 +117,9 @@ fn main() -> ExitCode {
 
     config.spin = args.spin;
 
-    let workers = Workers::here().main;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(workers).enable_all();
-    let spin = fuddle_node::spin::Trigger::install(&mut builder, workers, config.spin);
+    let workers = Workers::here();
+    let mut builder = workers.main_runtime();
+    let spin = fuddle_node::spin::Trigger::install(&mut builder, workers.main, config.spin);
     let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
