@@ -20,18 +20,30 @@
 //! `fuddle_storage`'s `sync_place`): one node's CPU per registration fell
 //! by about a fifth.
 
-/// How many tasks a main runtime worker runs between two looks at the
-/// runtime's shared queue: one. What other threads wake goes there: a
-/// write's handler answered by the Raft runtime, and also every task a
-/// worker wakes beyond the 256 its own queue holds. In a fan-out to 10 000
-/// subscribers a node's shared queue held up to 3 000–3 600 tasks (h2 wakes
-/// every stream waiting for the connection's send window at once), and
-/// with tokio's default, a look every 31 to 127 tasks, a write's answer
-/// waited for that queue to drain between the worker's own tasks. Looked at
-/// first, it drains first. Measured (docs/benchmarks.md, the row on it):
-/// the one-writer fan-out after 256 writers 12% faster and without most of
-/// its slow rounds, one writer on three nodes 5% faster, 256 writers
-/// within the spread.
+/// How many scheduler ticks a main runtime worker lets pass between two
+/// looks at the runtime's shared queue: one, so it looks first at every
+/// tick (a tick is a task, and up to three tasks that one woke straight
+/// after it). What other threads wake goes to that queue, such as a
+/// write's handler answered by the Raft runtime; so does half of a
+/// worker's own queue (256 tasks) whenever it overflows. In a fan-out to
+/// 10 000 subscribers a node's shared queue held up to 2 900–3 600 tasks
+/// (h2 wakes every stream waiting for the connection's send window at
+/// once), and with tokio's default, a look every 2 to 127 ticks as it
+/// tunes itself (61 to start), a write's answer waited for that queue to
+/// drain between runs of the worker's own tasks. Looked at first, it
+/// drains first.
+///
+/// The price: the worker's own queue runs only while the shared queue is
+/// empty. What the I/O driver and timers wake, a client's next request
+/// among them, goes there, and waits out a deep shared queue instead of
+/// sharing the worker with it.
+///
+/// Measured with one main worker, the benchmark machine's
+/// (docs/benchmarks.md, the row on it): the one-writer fan-out after 256
+/// writers 12% faster and without most of its slow rounds, one writer on
+/// three nodes 5% faster, 256 writers within the spread. With more main
+/// workers each takes from the shared queue's lock once per task while it
+/// is deep; not measured.
 pub const MAIN_GLOBAL_QUEUE_INTERVAL: u32 = 1;
 
 /// Worker threads per runtime.
@@ -60,7 +72,7 @@ impl Workers {
     }
 
     /// A builder for the main runtime: its workers, every driver, and the
-    /// shared queue looked at before each task
+    /// shared queue looked at first at every tick
     /// ([`MAIN_GLOBAL_QUEUE_INTERVAL`]).
     pub fn main_runtime(&self) -> tokio::runtime::Builder {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -79,25 +91,43 @@ mod tests {
 
     use super::*;
 
+    /// The chains' polls: all of them, and those made while the runtime's
+    /// shared queue held something (the woken task, in the test).
+    #[derive(Default)]
+    struct Polls {
+        all: AtomicUsize,
+        while_queued: AtomicUsize,
+    }
+
     /// Counts one poll and hands on to a successor, until `stop`: a worker
     /// that always has tasks of its own queued.
-    fn chain(polls: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
+    fn chain(polls: Arc<Polls>, stop: Arc<AtomicBool>) {
         // Bounded even if the test is gone: at most this many polls.
-        if stop.load(Ordering::SeqCst) || polls.fetch_add(1, Ordering::SeqCst) > 50_000_000 {
+        if stop.load(Ordering::SeqCst) || polls.all.fetch_add(1, Ordering::SeqCst) > 50_000_000 {
             return;
+        }
+        // Counted on the worker, so a test thread descheduled around its
+        // wake cannot inflate the figure.
+        if tokio::runtime::Handle::current()
+            .metrics()
+            .global_queue_depth()
+            > 0
+        {
+            polls.while_queued.fetch_add(1, Ordering::SeqCst);
         }
         tokio::spawn(async move { chain(polls, stop) });
     }
 
-    /// How many of the worker's own tasks ran between a task's wake from
-    /// another thread and its run, on a one-worker runtime kept busy by
-    /// 100 chains of tasks; one figure per wake, `wakes` of them.
+    /// How many of the worker's own tasks ran while a task woken from
+    /// another thread waited in the shared queue, on a one-worker runtime
+    /// kept busy by 100 chains of tasks; one figure per wake, `wakes` of
+    /// them.
     fn tasks_ahead_of_remote_wakes(
         mut builder: tokio::runtime::Builder,
         wakes: usize,
     ) -> Vec<usize> {
         let runtime = builder.build().unwrap();
-        let polls = Arc::new(AtomicUsize::new(0));
+        let polls = Arc::new(Polls::default());
         let stop = Arc::new(AtomicBool::new(false));
         for _ in 0..100 {
             let (polls, stop) = (polls.clone(), stop.clone());
@@ -105,20 +135,24 @@ mod tests {
         }
         let mut ahead = Vec::new();
         for _ in 0..wakes {
-            let (tx, rx) = tokio::sync::oneshot::channel::<usize>();
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let woken = runtime.spawn({
                 let polls = polls.clone();
                 async move {
-                    let sent_at = rx.await.unwrap();
-                    polls.load(Ordering::SeqCst) - sent_at
+                    rx.await.unwrap();
+                    polls.while_queued.load(Ordering::SeqCst)
                 }
             });
-            // Let the waiting task park and the chains run a while.
-            let from = polls.load(Ordering::SeqCst);
-            while polls.load(Ordering::SeqCst) < from + 10_000 {
+            // Let the waiting task park and the chains run a while; a
+            // deadline rather than a hang if they stop.
+            let from = polls.all.load(Ordering::SeqCst);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while polls.all.load(Ordering::SeqCst) < from + 10_000 {
+                assert!(std::time::Instant::now() < deadline, "the chains stopped");
                 std::thread::yield_now();
             }
-            tx.send(polls.load(Ordering::SeqCst)).unwrap();
+            polls.while_queued.store(0, Ordering::SeqCst);
+            tx.send(()).unwrap();
             ahead.push(runtime.block_on(woken).unwrap());
         }
         stop.store(true, Ordering::SeqCst);
@@ -128,8 +162,10 @@ mod tests {
     #[test]
     fn the_main_runtime_runs_what_other_threads_wake_before_its_own_queue() {
         let ahead = tasks_ahead_of_remote_wakes(Workers { main: 1, raft: 1 }.main_runtime(), 5);
-        // With tokio's default the shared queue is looked at every 31 to
-        // 127 tasks, so a wake waits for tens of them in most trials.
+        // Looked at every tick, the shared queue waits for at most one
+        // tick: a task and the up to three its successors run straight
+        // after it. With tokio's default (every 2 to 127 ticks, tuned) a
+        // wake waits for tens to hundreds of the worker's own tasks.
         assert!(ahead.iter().all(|&n| n <= 16), "tasks run first: {ahead:?}");
     }
 
