@@ -43,7 +43,7 @@
 //! Hand-written: tokio has no setting to spin before parking.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -105,7 +105,7 @@ struct TriggerState {
     /// if not, only one wake-up in [`DISARMED_EVERY`] tells it, so that a
     /// busy node (many writers, a wide fan-out) pays next to nothing for a
     /// spinner that would not spin, yet looks again now and then.
-    armed: std::sync::atomic::AtomicBool,
+    armed: AtomicBool,
     /// Wake-ups while disarmed.
     skipped: AtomicU64,
 }

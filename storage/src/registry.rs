@@ -164,9 +164,11 @@ impl Registry {
     /// shared queue ahead of the answer to the write that made the change,
     /// which then waited for all of them (a write under a fan-out took as
     /// long as the fan-out). Woken from a task of the main runtime, they
-    /// go to its worker's own queue, and the answer, in the shared one,
-    /// is taken after a few of them. When `stop` completes, apply sends
-    /// again (what is kept is sent first).
+    /// go to its worker's own queue, and only what overflows it (past 256
+    /// tasks) to the shared one, which the node's main runtime looks at
+    /// first (`fuddle_node`'s `workers.rs`), so the answer waits only for
+    /// that overflow. When `stop` completes, apply sends again (what is
+    /// kept is sent first).
     pub async fn run_broadcaster(&self, stop: impl Future<Output = ()>) {
         /// Hands sending back to apply however the broadcaster ends:
         /// stopped, dropped with its task, or unwinding. Without it, items
