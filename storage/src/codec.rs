@@ -6,8 +6,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Encodes a value for storage.
+///
+/// The size is counted first and the buffer allocated once. postcard's own
+/// `to_stdvec` grows its vector from empty, a reallocation and a copy each
+/// time it doubles: for a leader's batched entries, encoded once for the
+/// log and once per follower, that growth was 4 to 5% of its Raft thread
+/// under 256 writers (perf), more than a second walk over the value costs.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
-    postcard::to_stdvec(value)
+    let size = postcard::experimental::serialized_size(value)?;
+    postcard::to_extend(value, Vec::with_capacity(size))
 }
 
 /// Decodes a stored value.
