@@ -81,7 +81,10 @@ pub fn change_to_pb(change: &Change, filter: &Filter) -> Option<pb::Change> {
     }
 }
 
-/// Every member of `state` that `filter` selects, shared, not converted:
+/// Every member of `state` that `filter` selects, in no particular order
+/// (listings and subscriptions' snapshots sort them with
+/// `fuddle_storage::members::sort_by_id`, after the lock), shared, not
+/// converted:
 /// callers hold the registry's lock only while the references are taken
 /// (about a millisecond for 100 000 members, where converting them all
 /// took over a hundred and stalled every write meanwhile) and convert

@@ -195,10 +195,11 @@ async fn members(
     // Only the matching members are taken under the registry's lock (a
     // reference count each): apply waits for that lock, and with it the
     // Raft runtime's only worker on two cores. JSON is built after.
-    let (index, matching) = {
+    let (index, mut matching) = {
         let applied = core.registry.read();
         (applied.index, matching_members(&applied.state, &filter))
     };
+    fuddle_storage::members::sort_by_id(&mut matching);
     let members = matching
         .iter()
         .map(|m| {

@@ -20,6 +20,7 @@ use crate::convert::{filter_from_pb, matching_members, member_to_pb, spec_from_p
 use crate::core::Core;
 use crate::error::NodeError;
 use crate::subscribe::{self, Subscription};
+use fuddle_storage::members::sort_by_id;
 
 /// How many writes one session stream may have in flight; more are refused
 /// with `RESOURCE_EXHAUSTED`. The SDK keeps below it.
@@ -482,10 +483,11 @@ impl RegistryRpc for RegistryService {
         let request = request.into_inner();
         let filter = filter_from_pb(request.filter)?;
         self.core.read_barrier(request.consistency).await?;
-        let (members, index) = {
+        let (mut members, index) = {
             let applied = self.core.registry.read();
             (matching_members(&applied.state, &filter), applied.index)
         };
+        sort_by_id(&mut members);
         Ok(Response::new(pb::ListMembersResponse {
             members: members.iter().map(|m| member_to_pb(m)).collect(),
             index,

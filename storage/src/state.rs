@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::change::Change;
 use crate::command::{ApplyError, Command, CommandResult, Origin, Outcome, Request};
 use crate::member::{Member, MemberSpec, MemberStatus};
+use crate::members::Members;
 use crate::session::{Session, SessionStatus};
 
 /// How many answers a session keeps for retries when a client never
@@ -25,7 +26,7 @@ pub const MAX_KEPT_ANSWERS: usize = 1024;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryState {
     /// Members by id.
-    pub members: BTreeMap<String, Arc<Member>>,
+    pub members: Members,
     /// Sessions by client id.
     pub sessions: BTreeMap<String, Session>,
 }
@@ -91,7 +92,7 @@ impl RegistryState {
         for session in self.sessions.values_mut() {
             session.members.clear();
         }
-        for (id, member) in &self.members {
+        for (id, member) in self.members.iter() {
             if let Some(session) = self.sessions.get_mut(&member.client_id) {
                 session.members.insert(id.clone());
             }

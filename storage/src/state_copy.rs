@@ -23,7 +23,8 @@ use crate::state::RegistryState;
 /// What a snapshot stores of a [`RegistryState`].
 #[derive(Debug)]
 pub(crate) struct StateCopy {
-    /// Every member, in id order (the state's map order).
+    /// Every member, in the state's map order (arbitrary); sorted by id
+    /// when encoded, off the lock.
     members: Vec<Arc<Member>>,
     /// Every session, in client id order, without its member index.
     sessions: Vec<Session>,
@@ -73,12 +74,15 @@ impl Serialize for StateCopy {
     }
 }
 
-/// Members as the map from id to member.
+/// Members as the map from id to member, in id order as
+/// [`crate::Members`] encodes them.
 struct MembersById<'a>(&'a [Arc<Member>]);
 
 impl Serialize for MembersById<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.iter().map(|m| (&m.spec.id, m)))
+        let mut sorted: Vec<&Arc<Member>> = self.0.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        serializer.collect_map(sorted.into_iter().map(|m| (&m.spec.id, m)))
     }
 }
 
