@@ -17,7 +17,7 @@ pub fn member_to_pb(m: &Member) -> pb::Member {
         created_ms: m.spec.created_ms,
         metadata: m.spec.metadata.clone().into(),
         status: status_to_pb(m.status) as i32,
-        client_id: m.client_id.clone(),
+        client_id: m.client_id.to_string(),
         create_index: m.create_index,
         mod_index: m.mod_index,
     }

@@ -1,5 +1,7 @@
 //! Members: the running instances of services that the registry holds.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::metadata::Metadata;
@@ -49,8 +51,10 @@ pub struct Member {
     pub spec: MemberSpec,
     /// Up or down, following the owning session.
     pub status: MemberStatus,
-    /// The session that owns the member.
-    pub client_id: String,
+    /// The session that owns the member, shared with the session's own
+    /// record: every registration copied the id otherwise, an allocation
+    /// and a free per write on every node.
+    pub client_id: Arc<str>,
     /// The log index that created the member.
     pub create_index: u64,
     /// The log index that last changed the member.

@@ -1,6 +1,7 @@
 //! Sessions: one per client process; every member belongs to one.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,8 +22,9 @@ pub enum SessionStatus {
 /// A client session as replicated in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
-    /// The session's id, chosen by the client or the node.
-    pub client_id: String,
+    /// The session's id, chosen by the client or the node; shared with the
+    /// members the session registers ([`crate::Member::client_id`]).
+    pub client_id: Arc<str>,
     /// Silence longer than this marks the session's members down.
     pub heartbeat_timeout_ms: u64,
     /// Being down longer than this removes the session and its members.

@@ -93,7 +93,7 @@ impl RegistryState {
             session.members.clear();
         }
         for (id, member) in self.members.iter() {
-            if let Some(session) = self.sessions.get_mut(&member.client_id) {
+            if let Some(session) = self.sessions.get_mut(&*member.client_id) {
                 session.members.insert(id.clone());
             }
         }
@@ -260,7 +260,7 @@ impl RegistryState {
             self.sessions.insert(
                 client_id.to_string(),
                 Session {
-                    client_id: client_id.to_string(),
+                    client_id: client_id.into(),
                     heartbeat_timeout_ms,
                     reconnect_timeout_ms,
                     status: SessionStatus::Up,
@@ -304,11 +304,11 @@ impl RegistryState {
         // never stored) holds the id already. It holds every member the
         // session owns, so it is searched only for a member new to it.
         let (create_index, indexed) = match &slot {
-            Some(existing) if existing.client_id != origin.client_id => {
-                if self.sessions.contains_key(&existing.client_id) {
+            Some(existing) if *existing.client_id != *origin.client_id => {
+                if self.sessions.contains_key(&*existing.client_id) {
                     return Err(ApplyError::OwnedByOther {
                         id: spec.id.clone(),
-                        owner: existing.client_id.clone(),
+                        owner: existing.client_id.to_string(),
                     });
                 }
                 // The owner is gone (which expiry normally prevents): the
@@ -331,7 +331,7 @@ impl RegistryState {
             // resident with 100 000 members (docs/benchmarks.md).
             spec: spec.clone(),
             status,
-            client_id: origin.client_id.clone(),
+            client_id: Arc::clone(&session.client_id),
             create_index,
             mod_index: index,
         });
@@ -349,7 +349,7 @@ impl RegistryState {
     /// Refuses a session write to a member another session owns.
     /// Administrative writes (no session) may touch any member.
     fn check_owner(&self, origin: &Origin, member: &Member) -> Result<(), ApplyError> {
-        if origin.client_id.is_empty() || origin.client_id == member.client_id {
+        if origin.client_id.is_empty() || *origin.client_id == *member.client_id {
             return Ok(());
         }
         if !self.sessions.contains_key(&origin.client_id) {
@@ -357,7 +357,7 @@ impl RegistryState {
         }
         Err(ApplyError::OwnedByOther {
             id: member.spec.id.clone(),
-            owner: member.client_id.clone(),
+            owner: member.client_id.to_string(),
         })
     }
 
@@ -401,7 +401,7 @@ impl RegistryState {
         };
         self.check_owner(origin, member)?;
         let member = self.members.remove(id).expect("checked above");
-        if let Some(session) = self.sessions.get_mut(&member.client_id) {
+        if let Some(session) = self.sessions.get_mut(&*member.client_id) {
             session.members.remove(id);
         }
         rec.member(id, Some(member), None);

@@ -47,7 +47,7 @@ impl StateCopy {
             sessions: sessions
                 .iter()
                 .map(|(id, session)| {
-                    debug_assert_eq!(id, &session.client_id, "a session is keyed by its id");
+                    debug_assert_eq!(**id, *session.client_id, "a session is keyed by its id");
                     Session {
                         client_id: session.client_id.clone(),
                         heartbeat_timeout_ms: session.heartbeat_timeout_ms,

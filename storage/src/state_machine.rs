@@ -126,7 +126,7 @@ impl SnapshotContent {
                 .state
                 .sessions
                 .iter()
-                .all(|(id, s)| *id == s.client_id);
+                .all(|(id, s)| **id == *s.client_id);
         if !keyed_by_id {
             let e =
                 std::io::Error::other("snapshot content keys a member or session by another id");
@@ -300,7 +300,9 @@ impl StateMachineStore {
         for item in self.sm.scan_prefix([SESSION_PREFIX]) {
             let (key, value) = item.map_err(read)?;
             let session: Session = decode(&value).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-            state.sessions.insert(session.client_id.clone(), session);
+            state
+                .sessions
+                .insert(session.client_id.to_string(), session);
             batch.remove(key);
         }
         let data = encode(&SnapshotContentRef {

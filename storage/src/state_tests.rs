@@ -184,7 +184,7 @@ fn open_session_creates_an_up_session() {
         }
     );
     let session = &state.sessions["s1"];
-    assert_eq!(session.client_id, "s1");
+    assert_eq!(session.client_id.as_ref(), "s1");
     assert_eq!(session.status, SessionStatus::Up);
     assert_eq!(session.create_index, 7);
     assert_eq!(session.heartbeat_timeout_ms, 30_000);
@@ -299,12 +299,20 @@ fn register_again_by_the_same_session_replaces_and_keeps_create_index() {
     assert_eq!(m.spec, new_spec, "the spec is replaced whole");
     assert_eq!(m.create_index, 2);
     assert_eq!(m.mod_index, 6);
-    assert_eq!(m.client_id, "s1");
+    assert_eq!(m.client_id.as_ref(), "s1");
     assert_eq!(*state.members["m1"], m);
     assert_eq!(state.sessions["s1"].members, set_of(&["m1", "m2"]));
     assert_eq!(out.changes.len(), 1);
     assert_eq!(out.changes[0].before, Some(old));
     assert_eq!(out.changes[0].after, Some(Arc::new(m)));
+}
+
+#[test]
+fn a_registered_member_shares_its_sessions_id_rather_than_copying_it() {
+    let mut state = populated();
+    let (outcome, _) = ok(&mut state, 6, register(by("s1"), "m9"));
+    let m = member_of(outcome);
+    assert!(Arc::ptr_eq(&m.client_id, &state.sessions["s1"].client_id));
 }
 
 #[test]
@@ -340,11 +348,14 @@ fn register_takes_over_a_member_whose_owner_session_is_gone() {
     state.sessions.remove("s1");
     let (outcome, out) = ok(&mut state, 6, register(by("s2"), "m1"));
     let m = member_of(outcome);
-    assert_eq!(m.client_id, "s2");
+    assert_eq!(m.client_id.as_ref(), "s2");
     assert_eq!(m.create_index, 6, "taken over as a new member");
     assert_eq!(m.mod_index, 6);
     assert!(state.sessions["s2"].members.contains("m1"));
-    assert_eq!(out.changes[0].before.as_ref().unwrap().client_id, "s1");
+    assert_eq!(
+        out.changes[0].before.as_ref().unwrap().client_id.as_ref(),
+        "s1"
+    );
 }
 
 #[test]
@@ -489,7 +500,8 @@ fn update_metadata_by_an_admin_is_allowed() {
     let (outcome, out) = ok(&mut state, 6, update(admin(), "m1", &[("k", "v")], &["a"]));
     let m = member_of(outcome);
     assert_eq!(
-        m.client_id, "s1",
+        m.client_id.as_ref(),
+        "s1",
         "an admin write does not change the owner"
     );
     assert_eq!(m.spec.metadata.get("k").map(String::as_str), Some("v"));
@@ -1103,7 +1115,7 @@ fn the_same_entries_give_the_same_state() {
         one.members["a1"].spec.metadata.get("k").map(String::as_str),
         Some("v")
     );
-    assert_eq!(one.members["b1"].client_id, "a");
+    assert_eq!(one.members["b1"].client_id.as_ref(), "a");
     assert_eq!(one.members["b1"].create_index, 10);
 }
 

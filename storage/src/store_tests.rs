@@ -390,7 +390,7 @@ async fn an_installed_snapshot_survives_reopening() {
         !state_b.members.contains_key("old"),
         "an old member came back"
     );
-    assert_eq!(state_b.members["m1"].client_id, "s1");
+    assert_eq!(&*state_b.members["m1"].client_id, "s1");
     assert_eq!(index_b, 6);
     assert_eq!(
         sm_b.applied_state().await.unwrap(),
@@ -1018,7 +1018,7 @@ async fn session_member_index_is_rebuilt_on_reopen_and_install() {
         state
             .members
             .values()
-            .filter(|m| m.client_id == "s1")
+            .filter(|m| &*m.client_id == "s1")
             .map(|m| m.spec.id.clone())
             .collect::<BTreeSet<_>>()
     );
@@ -1041,13 +1041,13 @@ async fn session_member_index_is_rebuilt_on_reopen_and_install() {
     .await
     .unwrap();
     let (after, _) = registry_of(&sm);
-    assert!(after.members.values().all(|m| m.client_id != "s1"));
+    assert!(after.members.values().all(|m| &*m.client_id != "s1"));
     assert_eq!(
         after.members.len(),
         state
             .members
             .values()
-            .filter(|m| m.client_id != "s1")
+            .filter(|m| &*m.client_id != "s1")
             .count()
     );
 }
