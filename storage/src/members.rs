@@ -11,6 +11,11 @@
 //! What needs an order asks for it: the encoding (snapshots, and the bytes
 //! that compare two states) sorts by id, and so do listings
 //! ([`sort_by_id`]), after the registry's lock is released.
+//!
+//! The hasher is foldhash (`hashbrown`'s default), seeded per process.
+//! It is fast, not built to resist keys crafted to collide; the ids come
+//! from clients, which the node trusts anyway (no authentication, see the
+//! operations guide).
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};

@@ -23,8 +23,8 @@ use crate::state::RegistryState;
 /// What a snapshot stores of a [`RegistryState`].
 #[derive(Debug)]
 pub(crate) struct StateCopy {
-    /// Every member, in the state's map order (arbitrary); sorted by id
-    /// when encoded, off the lock.
+    /// Every member, in the state's map order (arbitrary) until
+    /// [`StateCopy::sort_members`] puts them in id order, off the lock.
     members: Vec<Arc<Member>>,
     /// Every session, in client id order, without its member index.
     sessions: Vec<Session>,
@@ -64,6 +64,16 @@ impl StateCopy {
     }
 }
 
+impl StateCopy {
+    /// Puts the members in id order, the order they are encoded in. Done
+    /// once before encoding, since encoding walks the value twice (once to
+    /// size its buffer, see `codec::encode`); encoding sorts a copy of the
+    /// list each time otherwise.
+    pub(crate) fn sort_members(&mut self) {
+        crate::members::sort_by_id(&mut self.members);
+    }
+}
+
 /// Encodes as `RegistryState` does: a struct of two maps, by id.
 impl Serialize for StateCopy {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -80,6 +90,9 @@ struct MembersById<'a>(&'a [Arc<Member>]);
 
 impl Serialize for MembersById<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_sorted_by(|a, b| a.spec.id <= b.spec.id) {
+            return serializer.collect_map(self.0.iter().map(|m| (&m.spec.id, m)));
+        }
         let mut sorted: Vec<&Arc<Member>> = self.0.iter().collect();
         sorted.sort_unstable_by(|a, b| a.spec.id.cmp(&b.spec.id));
         serializer.collect_map(sorted.into_iter().map(|m| (&m.spec.id, m)))

@@ -497,7 +497,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // queued behind it, waited for a whole encoding, and so did the
         // node's snapshot trigger, which reads the command count on the
         // client-facing runtime.
-        let (copy, raft) = {
+        let (mut copy, raft) = {
             let applied = self.registry.read();
             let raft = {
                 let mut guard = self.raft();
@@ -512,6 +512,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         };
         // Encoding takes tens of milliseconds for a large registry.
         let (data, raft) = off_the_workers(ErrorVerb::Write, move || {
+            copy.sort_members();
             let data = encode(&SnapshotContentRef {
                 last_applied: &raft.last_applied,
                 membership: &raft.membership,

@@ -359,6 +359,27 @@ fn register_takes_over_a_member_whose_owner_session_is_gone() {
 }
 
 #[test]
+fn a_member_left_by_an_earlier_session_of_the_same_id_joins_the_new_ones_index() {
+    // A member outlives its session (which expiry normally prevents), and
+    // a new session opens with the same id: registering the member again
+    // must put it in the new session's index, so that closing the session
+    // removes it, as a node that rebuilt the index on a restart would.
+    let mut state = populated();
+    state.sessions.remove("s1");
+    ok(&mut state, 6, open("s1"));
+    assert!(state.sessions["s1"].members.is_empty());
+    let (outcome, _) = ok(&mut state, 7, register(by("s1"), "m1"));
+    assert_eq!(
+        member_of(outcome).create_index,
+        2,
+        "the same owner's member"
+    );
+    assert!(state.sessions["s1"].members.contains("m1"));
+    ok(&mut state, 8, close("s1"));
+    assert!(!state.members.contains_key("m1"));
+}
+
+#[test]
 fn register_without_a_session_is_refused() {
     let mut state = populated();
     assert_refused(
@@ -1127,7 +1148,12 @@ fn a_snapshots_copy_of_the_state_encodes_as_the_state_itself() {
     // and removed.
     let mut state = populated();
     let copy = |state: &RegistryState| {
-        crate::codec::encode(&crate::state_copy::StateCopy::of(state)).unwrap()
+        let mut copy = crate::state_copy::StateCopy::of(state);
+        let unsorted = crate::codec::encode(&copy).unwrap();
+        copy.sort_members();
+        let sorted = crate::codec::encode(&copy).unwrap();
+        assert_eq!(sorted, unsorted, "the members sorted first or not");
+        sorted
     };
     assert_eq!(copy(&state), crate::codec::encode(&state).unwrap());
     for (index, request) in script() {
