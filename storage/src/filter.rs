@@ -90,25 +90,15 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::member::MemberSpec;
 
     fn member(service: &str, locality: &str, meta: &[(&str, &str)]) -> Member {
-        Member {
-            spec: MemberSpec {
-                id: "m".into(),
-                service: service.into(),
-                locality: locality.into(),
-                metadata: meta
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                ..MemberSpec::default()
-            },
-            status: MemberStatus::Up,
-            client_id: "c".into(),
-            create_index: 1,
-            mod_index: 1,
-        }
+        let mut m = Member::for_test("m", service);
+        m.spec.locality = locality.into();
+        m.spec.metadata = meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        m
     }
 
     #[test]

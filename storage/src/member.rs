@@ -66,4 +66,21 @@ impl Member {
     pub fn id(&self) -> &str {
         &self.spec.id
     }
+
+    /// A member of `service` for unit tests: up, owned by session `c`,
+    /// created and last changed at index 1, no other field set.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str, service: &str) -> Member {
+        Member {
+            spec: MemberSpec {
+                id: id.into(),
+                service: service.into(),
+                ..MemberSpec::default()
+            },
+            status: MemberStatus::Up,
+            client_id: "c".into(),
+            create_index: 1,
+            mod_index: 1,
+        }
+    }
 }

@@ -4,13 +4,14 @@
 //! share a long prefix (`payments-eu-west-1b-…`). In a `BTreeMap` each
 //! lookup compared the id with a dozen keys or more down the tree, each
 //! comparison a `memcmp` over the shared prefix: under 256 writers the
-//! lookup in `register` was the largest single item of a leader's Raft
-//! thread after the allocator (perf). A hash map hashes the id once and
-//! compares it with one key.
+//! lookup in `register` was the largest single item of the three nodes'
+//! Raft threads after the allocator (perf). A hash map hashes the id once
+//! and compares it with one key.
 //!
 //! What needs an order asks for it: the encoding (snapshots, and the bytes
-//! that compare two states) sorts by id, and so do listings
-//! ([`sort_by_id`]), after the registry's lock is released.
+//! that compare two states) sorts by id, and so do listings and
+//! subscriptions' snapshots ([`sort_by_id`]), after the registry's lock is
+//! released.
 //!
 //! The hasher is foldhash (`hashbrown`'s default), seeded per process.
 //! It is fast, not built to resist keys crafted to collide; the ids come
@@ -87,20 +88,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::member::{MemberSpec, MemberStatus};
 
     fn member(id: &str) -> Arc<Member> {
-        Arc::new(Member {
-            spec: MemberSpec {
-                id: id.into(),
-                service: "s".into(),
-                ..MemberSpec::default()
-            },
-            status: MemberStatus::Up,
-            client_id: "c".into(),
-            create_index: 1,
-            mod_index: 1,
-        })
+        Arc::new(Member::for_test(id, "s"))
     }
 
     #[test]

@@ -62,9 +62,7 @@ impl StateCopy {
                 .collect(),
         }
     }
-}
 
-impl StateCopy {
     /// Puts the members in id order, the order they are encoded in. Done
     /// once before encoding, since encoding walks the value twice (once to
     /// size its buffer, see `codec::encode`); encoding sorts a copy of the

@@ -685,24 +685,9 @@ pub fn open_stores(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::member::{MemberSpec, MemberStatus};
-    use crate::metadata::Metadata;
 
     fn member(id: &str) -> Arc<Member> {
-        Arc::new(Member {
-            spec: MemberSpec {
-                id: id.into(),
-                service: "web".into(),
-                locality: String::new(),
-                revision: String::new(),
-                created_ms: 0,
-                metadata: Metadata::new(),
-            },
-            status: MemberStatus::Up,
-            client_id: "s1".into(),
-            create_index: 1,
-            mod_index: 1,
-        })
+        Arc::new(Member::for_test(id, "web"))
     }
 
     #[test]
