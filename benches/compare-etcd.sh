@@ -19,9 +19,10 @@
 #   UPDATES=100       changes made in each fan-out workload
 #   FANOUT_WRITERS="1 16"  writer counts of the fan-out workloads
 #   FANOUT_CONNS=16   gRPC connections the subscribers are spread over
-#   FANOUT_RATE=10    updates/s of the paced fan-out (one writer): the same
-#                     offered load for both, where delivery latency compares
-#                     like with like; 0 (or anything not above 0) skips it
+#   FANOUT_RATE="10 20"  updates/s of the paced fan-outs (one writer), one
+#                     workload per rate: the same offered load for both,
+#                     where delivery latency compares like with like; a
+#                     rate not above 0 (or an empty list) is skipped
 #   DEADLINE=60s      how long a fan-out waits for late deliveries
 #   PAUSE=2           seconds of rest between two measurements
 #   ROUNDS=1          measurements of each workload on each system; with
@@ -42,7 +43,7 @@ SUBSCRIBERS=${SUBSCRIBERS:-10000}
 UPDATES=${UPDATES:-100}
 FANOUT_WRITERS=${FANOUT_WRITERS:-1 16}
 FANOUT_CONNS=${FANOUT_CONNS:-16}
-FANOUT_RATE=${FANOUT_RATE:-10}
+FANOUT_RATE=${FANOUT_RATE-10 20}
 DEADLINE=${DEADLINE:-60s}
 PAUSE=${PAUSE:-2}
 KEEP=${KEEP:-0}
@@ -390,7 +391,7 @@ join_commas() {
 printf 'Fuddle vs etcd on %s (%s cores, %s), %s\n' "$(hostname)" "$(nproc)" \
     "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)" "$(date -u +%FT%TZ)"
 printf '%s; %s\n' "$(etcd --version | head -n1)" "$("$NODE" --version)"
-printf 'DURATION=%s WARMUP=%s CLIENTS=%s SUBSCRIBERS=%s UPDATES=%s FANOUT_WRITERS="%s" FANOUT_CONNS=%s FANOUT_RATE=%s\n' \
+printf 'DURATION=%s WARMUP=%s CLIENTS=%s SUBSCRIBERS=%s UPDATES=%s FANOUT_WRITERS="%s" FANOUT_CONNS=%s FANOUT_RATE="%s"\n' \
     "$DURATION" "$WARMUP" "$CLIENTS" "$SUBSCRIBERS" "$UPDATES" "$FANOUT_WRITERS" "$FANOUT_CONNS" "$FANOUT_RATE"
 
 # Three nodes each.
@@ -412,11 +413,13 @@ done
 # Unpaced, a writer writes as fast as it is answered, and a system that
 # answers faster than it fans out builds a backlog: its delivery latency
 # then measures the backlog. At a rate both sustain, it measures delivery.
-if awk -v rate="$FANOUT_RATE" 'BEGIN { exit !(rate > 0) }'; then
-    compare "fanout, 3 nodes, $SUBSCRIBERS subs, $FANOUT_RATE/s paced" "$E3" "$F3" \
+# Several rates show up to where each system keeps its latency.
+for rate in $FANOUT_RATE; do
+    awk -v rate="$rate" 'BEGIN { exit !(rate > 0) }' || continue
+    compare "fanout, 3 nodes, $SUBSCRIBERS subs, $rate/s paced" "$E3" "$F3" \
         fanout --subscribers "$SUBSCRIBERS" --updates "$UPDATES" --writers 1 \
-        --rate "$FANOUT_RATE" --conns "$FANOUT_CONNS" --deadline "$DEADLINE"
-fi
+        --rate "$rate" --conns "$FANOUT_CONNS" --deadline "$DEADLINE"
+done
 stop "${THREE[@]}"
 
 # One node each: the single writer's latency without replication.
