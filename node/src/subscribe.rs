@@ -80,8 +80,12 @@ pub fn stream(
         last: 0,
         closing: false,
     };
-    // `None` once an error was yielded: the stream ends after it.
-    futures::stream::unfold(Some(streamer), |streamer| async move {
+    // `None` once an error was yielded: the stream ends after it. Boxed,
+    // so that each message moves a pointer in and out of the unfold rather
+    // than the whole state: with one entry at a time to 10 000 streams,
+    // those moves of cold memory were about a tenth of the nodes' samples
+    // (docs/benchmarks.md, "What each change bought").
+    futures::stream::unfold(Some(Box::new(streamer)), |streamer| async move {
         let mut streamer = streamer?;
         match streamer.next().await {
             Ok(message) => Some((Ok(message), Some(streamer))),
