@@ -155,6 +155,10 @@ struct Frames {
     /// A frame taken while gathering that would have taken the gathering
     /// past [`COALESCE_BYTES`]: it goes next, before anything else.
     held: Option<Bytes>,
+    /// The frames of a gathering after its first, until they are copied
+    /// into one buffer; kept empty between polls, so that its allocation
+    /// serves every gathering of the stream.
+    ready: Vec<Bytes>,
     /// How the subscription ended, when it ended while frames before it
     /// were being gathered: sent as trailers once they are.
     end: Option<Status>,
@@ -167,6 +171,7 @@ impl Frames {
         Frames {
             frames,
             held: None,
+            ready: Vec::new(),
             end: None,
             ended: false,
         }
@@ -177,14 +182,12 @@ impl Frames {
     /// passed on as it is (shared with the entry's other subscribers), and
     /// so is one that does not fit, on the next poll; frames gathered
     /// together are copied into one buffer, which costs less than a DATA
-    /// frame each.
+    /// frame each. The buffer is allocated once they are all in, at their
+    /// size: grown frame by frame, its reallocations and their copies were
+    /// a sixth of a node's CPU in a fan-out.
     fn gather(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
-        let mut gathered: Option<BytesMut> = None;
-        loop {
-            let len = gathered.as_ref().map_or(first.len(), BytesMut::len);
-            if len >= COALESCE_BYTES {
-                break;
-            }
+        let mut len = first.len();
+        while len < COALESCE_BYTES {
             let next = match self.frames.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(next))) => next,
                 Poll::Ready(Some(Err(status))) => {
@@ -201,15 +204,18 @@ impl Frames {
                 self.held = Some(next);
                 break;
             }
-            gathered
-                .get_or_insert_with(|| {
-                    let mut buf = BytesMut::with_capacity(len + next.len());
-                    buf.extend_from_slice(&first);
-                    buf
-                })
-                .extend_from_slice(&next);
+            len += next.len();
+            self.ready.push(next);
         }
-        gathered.map_or(first, BytesMut::freeze)
+        if self.ready.is_empty() {
+            return first;
+        }
+        let mut gathered = BytesMut::with_capacity(len);
+        gathered.extend_from_slice(&first);
+        for next in self.ready.drain(..) {
+            gathered.extend_from_slice(&next);
+        }
+        gathered.freeze()
     }
 }
 
