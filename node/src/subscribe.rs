@@ -83,8 +83,9 @@ pub fn stream(
     // `None` once an error was yielded: the stream ends after it. Boxed,
     // so that each message moves a pointer in and out of the unfold rather
     // than the whole state: with one entry at a time to 10 000 streams,
-    // those moves of cold memory were about a tenth of the nodes' samples
-    // (docs/benchmarks.md, "What each change bought").
+    // those moves were about a tenth of the nodes' runtime samples in a
+    // profile at 20 updates/s (docs/benchmarks.md, "What each change
+    // bought").
     futures::stream::unfold(Some(Box::new(streamer)), |streamer| async move {
         let mut streamer = streamer?;
         match streamer.next().await {

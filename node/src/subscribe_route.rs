@@ -149,6 +149,11 @@ const COALESCE_BYTES: usize = 4 * 1024;
 
 /// A subscription's reply body: its frames as data, then its status as
 /// trailers.
+/// How many frames' room a stream keeps for its next gathering: a
+/// gathering of many small frames (up to [`COALESCE_BYTES`] of them at a
+/// few bytes each) does not leave every stream holding room for as many.
+const READY_KEPT: usize = 8;
+
 struct Frames {
     /// The subscription (see `subscribe::stream`).
     frames: Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>,
@@ -157,7 +162,8 @@ struct Frames {
     held: Option<Bytes>,
     /// The frames of a gathering after its first, until they are copied
     /// into one buffer; kept empty between polls, so that its allocation
-    /// serves every gathering of the stream.
+    /// serves every gathering of the stream (up to [`READY_KEPT`] frames'
+    /// worth).
     ready: Vec<Bytes>,
     /// How the subscription ended, when it ended while frames before it
     /// were being gathered: sent as trailers once they are.
@@ -184,7 +190,8 @@ impl Frames {
     /// together are copied into one buffer, which costs less than a DATA
     /// frame each. The buffer is allocated once they are all in, at their
     /// size: grown frame by frame, its reallocations and their copies were
-    /// a sixth of a node's CPU in a fan-out.
+    /// about a sixth of the nodes' runtime samples in a profile of a
+    /// fan-out (docs/benchmarks.md, "What each change bought").
     fn gather(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
         let mut len = first.len();
         while len < COALESCE_BYTES {
@@ -215,6 +222,7 @@ impl Frames {
         for next in self.ready.drain(..) {
             gathered.extend_from_slice(&next);
         }
+        self.ready.shrink_to(READY_KEPT);
         gathered.freeze()
     }
 }
@@ -412,6 +420,42 @@ mod tests {
         let (data, code) = drain(body(steps)).await;
         assert_eq!(data, vec![Bytes::from([a, b].concat())]);
         assert_eq!(code, tonic::Code::ResourceExhausted);
+    }
+
+    #[tokio::test]
+    async fn each_gathering_takes_only_what_is_ready_with_it() {
+        let (a, b, c, d) = (framed(b"a"), framed(b"b"), framed(b"c"), framed(b"d"));
+        let steps = vec![
+            Step::Frame(a.clone()),
+            Step::Frame(b.clone()),
+            Step::Wait,
+            Step::Frame(c.clone()),
+            Step::Frame(d.clone()),
+            Step::End,
+        ];
+        let (data, code) = drain(body(steps)).await;
+        assert_eq!(
+            data,
+            vec![Bytes::from([a, b].concat()), Bytes::from([c, d].concat())]
+        );
+        assert_eq!(code, tonic::Code::Ok);
+    }
+
+    #[tokio::test]
+    async fn a_gathering_of_many_small_frames_leaves_little_room_behind() {
+        let small = framed(b"x");
+        let count = COALESCE_BYTES / small.len();
+        let mut steps: Vec<Step> = (0..count).map(|_| Step::Frame(small.clone())).collect();
+        steps.push(Step::Wait);
+        let mut body = std::pin::pin!(body(steps));
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), count * small.len());
+        assert!(body.ready.is_empty());
+        assert!(
+            body.ready.capacity() <= READY_KEPT,
+            "{}",
+            body.ready.capacity()
+        );
     }
 
     #[tokio::test]
