@@ -147,13 +147,13 @@ fn decode_request(mut body: Bytes) -> Result<pb::SubscribeRequest, Status> {
 /// and 4 KiB did alike.
 const COALESCE_BYTES: usize = 4 * 1024;
 
-/// A subscription's reply body: its frames as data, then its status as
-/// trailers.
 /// How many frames' room a stream keeps for its next gathering: a
 /// gathering of many small frames (up to [`COALESCE_BYTES`] of them at a
 /// few bytes each) does not leave every stream holding room for as many.
 const READY_KEPT: usize = 8;
 
+/// A subscription's reply body: its frames as data, then its status as
+/// trailers.
 struct Frames {
     /// The subscription (see `subscribe::stream`).
     frames: Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>,
