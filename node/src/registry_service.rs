@@ -8,6 +8,7 @@ use bytes::Bytes;
 use fuddle_proto::encoded::EncodedSubscribeResponse;
 use fuddle_proto::registry as pb;
 use fuddle_proto::shared_server::registry_server::Registry as RegistryRpc;
+use fuddle_storage::members::sort_by_id;
 use fuddle_storage::{Command, Origin, Outcome};
 use futures::{Stream, StreamExt};
 use prost::Message;
@@ -20,7 +21,6 @@ use crate::convert::{filter_from_pb, matching_members, member_to_pb, spec_from_p
 use crate::core::Core;
 use crate::error::NodeError;
 use crate::subscribe::{self, Subscription};
-use fuddle_storage::members::sort_by_id;
 
 /// How many writes one session stream may have in flight; more are refused
 /// with `RESOURCE_EXHAUSTED`. The SDK keeps below it.

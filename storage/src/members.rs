@@ -61,9 +61,10 @@ impl<'a> IntoIterator for &'a Members {
     }
 }
 
-/// Sorts members by id, the order of every listing.
-pub fn sort_by_id(members: &mut [Arc<Member>]) {
-    members.sort_unstable_by(|a, b| a.spec.id.cmp(&b.spec.id));
+/// Sorts members (owned or borrowed) by id, the order of every listing
+/// and of every encoding.
+pub fn sort_by_id<M: AsRef<Member>>(members: &mut [M]) {
+    members.sort_unstable_by(|a, b| a.as_ref().spec.id.cmp(&b.as_ref().spec.id));
 }
 
 /// Encodes as the `BTreeMap` it replaced did: a map in id order, so that

@@ -92,7 +92,7 @@ impl Serialize for MembersById<'_> {
             return serializer.collect_map(self.0.iter().map(|m| (&m.spec.id, m)));
         }
         let mut sorted: Vec<&Arc<Member>> = self.0.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        crate::members::sort_by_id(&mut sorted);
         serializer.collect_map(sorted.into_iter().map(|m| (&m.spec.id, m)))
     }
 }
